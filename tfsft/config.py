@@ -1,0 +1,410 @@
+"""The run's schema: every option, its default and its bounds, in one place.
+
+YAML files are merged in order over the defaults, then `--set a.b=c` overrides; the result is
+validated by pydantic. Unknown keys and bad values fail here, before any TensorFlow work, with a
+message naming the key, the value received and the nearest valid key.
+
+This module must not import TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tfsft.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------- task
+class TaskConfig(Section):
+    modality: Literal["text", "image"] = "text"
+    type: Literal["classification", "multilabel", "regression"] = "classification"
+
+
+# ----------------------------------------------------------------------------------------- data
+class SplitConfig(Section):
+    """Fractions carved out of `data.train` when no explicit validation/test source is given."""
+
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _leave_something_to_train(self):
+        if self.validation + self.test >= 1.0:
+            raise ValueError(
+                f"validation ({self.validation}) + test ({self.test}) must be < 1 to leave training data"
+            )
+        return self
+
+
+class DataConfig(Section):
+    train: str = Field(..., description="Training source: CSV/TSV/JSONL file or (images) a folder of class folders.")
+    validation: Optional[str] = None
+    test: Optional[str] = None
+    format: Literal["auto", "csv", "tsv", "jsonl", "image_folder"] = "auto"
+    encoding: str = "utf-8"
+    split: SplitConfig = SplitConfig()
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    path_column: str = "path"
+    label_separator: str = Field("|", min_length=1, description="Separates labels of one multi-label record.")
+    classes: Optional[list[str]] = Field(None, description="Explicit class list; default: sorted labels seen in train.")
+    max_train_examples: Optional[int] = Field(None, ge=1, description="Keep a stratified subset of the training split.")
+    on_bad_record: Literal["skip", "fail"] = "skip"
+    max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Fail when more records than this are bad.")
+    shuffle_buffer: int = Field(10_000, ge=1)
+    cache: bool = True
+
+
+# ----------------------------------------------------------------------------------------- text / image
+class TextConfig(Section):
+    max_length: int = Field(128, ge=8, le=4096)
+    bucket_boundaries: list[int] = Field(
+        [16, 32, 48, 64, 96, 128, 192, 256, 384, 512],
+        description="Batches are padded to the smallest boundary that fits their longest sequence.",
+    )
+    vocabulary: Optional[str] = Field(
+        None, description="vocab.txt for backbones built from config; 'learn' builds a WordPiece vocabulary from train."
+    )
+    vocabulary_size: int = Field(2000, ge=100, description="Size of a learned vocabulary.")
+    lowercase: bool = True
+
+
+class AugmentConfig(Section):
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
+    rotation: float = Field(0.0, ge=0.0, le=0.5, description="Max rotation as a fraction of a full turn.")
+    zoom: float = Field(0.0, ge=0.0, lt=1.0)
+    crop_padding: int = Field(0, ge=0, description="Pad then randomly crop back to size (pixels).")
+    rand_augment: bool = False
+    rand_augment_magnitude: float = Field(0.5, ge=0.0, le=1.0)
+    mixup_alpha: float = Field(0.0, ge=0.0, description="0 disables MixUp.")
+    cutmix_alpha: float = Field(0.0, ge=0.0, description="0 disables CutMix.")
+
+
+class ImageConfig(Section):
+    size: tuple[int, int] = (224, 224)
+    channels: Literal[1, 3] = 3
+    normalization: Literal["auto", "caffe", "torch", "tf", "unit", "none"] = Field(
+        "auto", description="Pixel normalization inside the model; auto = what the backbone was trained with."
+    )
+    augment: AugmentConfig = AugmentConfig()
+    verify: bool = Field(True, description="Decode every image once before training to find corrupt files.")
+
+
+# ----------------------------------------------------------------------------------------- model
+class BackboneConfig(Section):
+    source: Literal["keras_hub", "keras_applications"] = "keras_hub"
+    preset: Optional[str] = Field(
+        None,
+        description="KerasHub preset name, local folder, hf:// or kaggle:// handle, or package:<python_pkg>/<subdir>.",
+    )
+    name: Optional[str] = Field(None, description="keras.applications model (ResNet50, ResNet101V2, ...) ")
+    architecture: Optional[str] = Field(None, description="KerasHub backbone class built from `kwargs` (tiny models).")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: Optional[str] = Field(
+        None, description="keras.applications: imagenet | none | path; otherwise a .weights.h5 file to load."
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_build(self):
+        ways = [w for w in ("preset", "name", "architecture") if getattr(self, w)]
+        if len(ways) != 1:
+            raise ValueError(
+                "set exactly one of model.backbone.preset (KerasHub preset or folder), model.backbone.name "
+                f"(keras.applications) or model.backbone.architecture (built from kwargs); got {ways or 'none'}"
+            )
+        if self.name and self.source != "keras_applications":
+            raise ValueError("model.backbone.name is for source: keras_applications")
+        if self.source == "keras_applications" and not self.name:
+            raise ValueError("source: keras_applications needs model.backbone.name (e.g. ResNet50)")
+        return self
+
+
+class HeadConfig(Section):
+    pooling: Literal["auto", "avg", "max", "cls", "mean", "pooled"] = Field(
+        "auto", description="auto: avg for images, mean over tokens for text."
+    )
+    hidden_units: list[int] = Field(default_factory=list)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class ModelConfig(Section):
+    backbone: BackboneConfig
+    head: HeadConfig = HeadConfig()
+
+
+# ----------------------------------------------------------------------------------------- freezing
+class FreezeStage(Section):
+    epoch: int = Field(..., ge=0, description="First epoch (0-based) of this stage.")
+    trainable_units: Union[int, Literal["all"]] = Field(..., description="Backbone units trained, counted from the top.")
+    lr_factor: float = Field(1.0, gt=0.0, description="Multiplies the scheduled learning rate during this stage.")
+
+    @model_validator(mode="after")
+    def _non_negative(self):
+        if isinstance(self.trainable_units, int) and self.trainable_units < 0:
+            raise ValueError(f"trainable_units must be >= 0 or 'all', got {self.trainable_units}")
+        return self
+
+
+class FreezeConfig(Section):
+    strategy: Literal["none", "backbone", "last_n", "gradual"] = "none"
+    last_n: int = Field(2, ge=0, description="last_n: backbone units (blocks / transformer layers) left trainable.")
+    granularity: Literal["block", "stage"] = Field("block", description="Unit of last_n for CNNs: residual block or stage.")
+    schedule: list[FreezeStage] = Field(
+        default_factory=lambda: [
+            FreezeStage(epoch=0, trainable_units=0),
+            FreezeStage(epoch=1, trainable_units=2),
+            FreezeStage(epoch=2, trainable_units="all", lr_factor=0.5),
+        ]
+    )
+    backbone_lr_factor: float = Field(1.0, gt=0.0, le=10.0, description="Backbone LR = head LR x this factor.")
+    train_batchnorm: bool = Field(
+        False, description="Unfrozen BatchNorm layers update their statistics; default keeps them in inference mode."
+    )
+
+    @model_validator(mode="after")
+    def _schedule_ordered(self):
+        epochs = [s.epoch for s in self.schedule]
+        if self.strategy == "gradual":
+            if not epochs or epochs[0] != 0:
+                raise ValueError("freeze.schedule must start with a stage at epoch 0")
+            if epochs != sorted(set(epochs)):
+                raise ValueError(f"freeze.schedule epochs must be strictly increasing, got {epochs}")
+        return self
+
+
+# ----------------------------------------------------------------------------------------- optimization
+class ClipConfig(Section):
+    mode: Literal["none", "global_norm", "norm", "value"] = "global_norm"
+    value: float = Field(1.0, gt=0.0)
+
+
+class EmaConfig(Section):
+    enabled: bool = False
+    momentum: float = Field(0.999, gt=0.0, lt=1.0)
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    learning_rate: float = Field(5e-5, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    beta_1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta_2: float = Field(0.999, ge=0.0, lt=1.0)
+    epsilon: float = Field(1e-7, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    clip: ClipConfig = ClipConfig()
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    ema: EmaConfig = EmaConfig()
+
+
+class ScheduleConfig(Section):
+    name: Literal["constant", "exponential", "cosine", "linear"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Warmup as a fraction of all steps (if steps=0).")
+    decay_rate: float = Field(0.5, gt=0.0, le=1.0, description="exponential: factor per decay_steps.")
+    decay_steps: Optional[int] = Field(None, ge=1, description="exponential: default one epoch.")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Floor of cosine/linear/exponential decay.")
+
+
+# ----------------------------------------------------------------------------------------- training loop
+class EarlyStoppingConfig(Section):
+    enabled: bool = True
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = Field(3, ge=0)
+    min_delta: float = Field(0.0, ge=0.0)
+    restore_best: bool = True
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(3, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, description="Global batch size (split across replicas).")
+    steps_per_epoch: Optional[int] = Field(None, ge=1, description="Cap the steps of each epoch (quick runs).")
+    validation_steps: Optional[int] = Field(None, ge=1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weights: Union[Literal["none", "balanced"], dict[str, float]] = "none"
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    overfit_patience: int = Field(2, ge=1, description="Warn when val loss rises this many epochs while train falls.")
+    checkpoint_every_steps: Optional[int] = Field(
+        None, ge=1, description="Also save a resumable checkpoint every N steps (default: each epoch end)."
+    )
+    jit_compile: Union[bool, Literal["auto"]] = "auto"
+    steps_per_execution: int = Field(1, ge=1)
+
+
+class DistributeConfig(Section):
+    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    mixed_precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+
+
+class EvaluationConfig(Section):
+    worst_examples: int = Field(50, ge=0, description="Rows in worst_examples.csv.")
+    multilabel_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+
+
+# ----------------------------------------------------------------------------------------- the run
+class RunConfig(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    output_dir: str = "runs"
+    seed: int = 42
+    task: TaskConfig = TaskConfig()
+    data: DataConfig
+    text: TextConfig = TextConfig()
+    image: ImageConfig = ImageConfig()
+    model: ModelConfig
+    freeze: FreezeConfig = FreezeConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    training: TrainingConfig = TrainingConfig()
+    distribute: DistributeConfig = DistributeConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.task.type == "regression" and (self.image.augment.mixup_alpha or self.image.augment.cutmix_alpha):
+            raise ValueError("MixUp/CutMix mix class labels: they need task.type classification or multilabel")
+        if self.data.format == "image_folder" and self.task.modality != "image":
+            raise ValueError("data.format image_folder needs task.modality: image")
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------------------- loading
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist. Pass an existing YAML file to --config.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}. Fix the syntax and run again.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of sections, got {type(data).__name__}.")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value parsed as a YAML scalar/list)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value (e.g. optimizer.learning_rate=3e-5), got '{item}'.")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set has an empty key in '{item}'. Use dotted names such as training.epochs=5.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 3e-5 as a string (no dot): accept it as the float it obviously is.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in "e.") and value[0] in "0123456789.-+" else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _model_at(path: tuple, root: type[BaseModel]) -> Optional[type[BaseModel]]:
+    """The pydantic model class found by walking `path` (field names) from `root`."""
+    model = root
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        for candidate in candidates:
+            for sub in (candidate, *getattr(candidate, "__args__", ())):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    model = sub
+                    break
+            else:
+                continue
+            break
+        else:
+            return None
+    return model
+
+
+def _describe(error: dict) -> str:
+    loc = tuple(error["loc"])
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    kind = error["type"]
+    received = error.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1], RunConfig)
+        valid = sorted(parent.model_fields) if parent else []
+        guess = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        prefix = ".".join(str(p) for p in loc[:-1])
+        hint = f" Did you mean '{prefix + '.' if prefix else ''}{guess[0]}'?" if guess else ""
+        return f"unknown key '{dotted}'.{hint} Valid keys here: {', '.join(valid)}."
+    if kind == "missing":
+        return f"'{dotted}' is required but missing."
+    shown = repr(received)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"'{dotted}' = {shown}: {error['msg']}."
+
+
+def validate(raw: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        raise ConfigError(
+            "Invalid configuration: " + " ".join(problems) + " Fix the YAML file or the --set value and run again."
+        ) from None
+
+
+def load_config(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    raw: dict = {}
+    for path in paths or []:
+        raw = _deep_merge(raw, read_yaml(path))
+    raw = apply_overrides(raw, overrides or [])
+    return validate(raw)
+
+
+def dump_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

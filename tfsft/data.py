@@ -1,0 +1,336 @@
+"""Shared data plumbing: reading tables, bad-record accounting, class index, targets and splits.
+
+Modality-specific reading and tf.data pipelines live in `tfsft/tasks/`; this module only knows
+records (inputs + raw labels + where they came from). It does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from tfsft.config import RunConfig
+from tfsft.errors import DataError
+from tfsft.paths import resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Records:
+    """One split: model inputs by column, raw labels, and the source row of each record."""
+
+    inputs: dict[str, list]
+    labels: list
+    rows: list[int]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices) -> "Records":
+        indices = list(indices)
+        return Records(
+            inputs={k: [v[i] for i in indices] for k, v in self.inputs.items()},
+            labels=[self.labels[i] for i in indices],
+            rows=[self.rows[i] for i in indices],
+            source=self.source,
+        )
+
+
+@dataclass
+class BadRecord:
+    source: str
+    row: int
+    reason: str
+    value: str = ""
+
+
+@dataclass
+class BadRecords:
+    """Counts and keeps every rejected record; `data.on_bad_record` decides what happens next."""
+
+    policy: str = "skip"
+    items: list[BadRecord] = field(default_factory=list)
+
+    def add(self, source: str, row: int, reason: str, value: object = "") -> None:
+        item = BadRecord(source, row, reason, str(value)[:200])
+        if self.policy == "fail":
+            raise DataError(
+                f"Bad record in '{source}' at row {row}: {reason}"
+                + (f" (value: {item.value!r})" if item.value else "")
+                + ". Fix or remove the record, or set data.on_bad_record: skip to count and skip such records."
+            )
+        self.items.append(item)
+
+    def count(self, source: str) -> int:
+        return sum(1 for item in self.items if item.source == source)
+
+    def write(self, path: str | Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["source", "row", "reason", "value"])
+            for item in self.items:
+                writer.writerow([item.source, item.row, item.reason, item.value])
+
+
+# ----------------------------------------------------------------------------------------- tables
+def table_format(path: str, configured: str) -> str:
+    if configured != "auto":
+        return configured
+    suffix = Path(path).suffix.lower()
+    return {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(suffix, "csv")
+
+
+def read_text_file(path: str, encoding: str) -> str:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"Cannot read data file '{path}': {exc.strerror}. Check the path and its permissions.") from None
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start:exc.start + 1].hex()
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"Data file '{path}' is not valid {encoding}: byte 0x{bad} on line {line} cannot be decoded. "
+            f"Re-save the file as UTF-8, or set data.encoding to its real encoding (e.g. latin-1, cp1252)."
+        ) from None
+    except LookupError:
+        raise DataError(f"data.encoding = '{encoding}' is not a known text encoding. Use e.g. utf-8 or latin-1.") from None
+    return text.lstrip("\ufeff")
+
+
+def read_table(path: str, fmt: str, encoding: str, bad: BadRecords) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    """Column names and (row number, record) pairs of a CSV/TSV/JSONL file. Row numbers are 1-based file lines."""
+    text = read_text_file(path, encoding)
+    if fmt == "jsonl":
+        def jsonl_rows():
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    bad.add(path, number, f"invalid JSON ({exc.msg})", line)
+                    continue
+                if not isinstance(record, dict):
+                    bad.add(path, number, "JSON line is not an object", line)
+                    continue
+                yield number, record
+        first = next((json.loads(l) for l in text.splitlines() if l.strip().startswith("{")), {})
+        return list(first) if isinstance(first, dict) else [], jsonl_rows()
+
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    reader.fieldnames = columns
+
+    def csv_rows():
+        for record in reader:
+            yield reader.line_num, record
+    return columns, csv_rows()
+
+
+def require_columns(path: str, columns: list[str], needed: dict[str, str]) -> None:
+    """`needed` maps a config key (e.g. data.text_column) to the column it names."""
+    for key, column in needed.items():
+        if column not in columns:
+            raise DataError(
+                f"Column '{column}' (from {key}) is missing in '{path}'; its columns are {columns}. "
+                f"Set {key} to one of them."
+            )
+
+
+def parse_label(raw: object, task_type: str, separator: str):
+    """Raw label -> str (classification), list[str] (multilabel) or float (regression). None if empty/invalid."""
+    if raw is None:
+        return None
+    if task_type == "regression":
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            return None
+        return value if np.isfinite(value) else None
+    if task_type == "multilabel":
+        parts = raw if isinstance(raw, list) else str(raw).split(separator)
+        labels = sorted({str(p).strip() for p in parts if str(p).strip()})
+        return labels or None
+    text = str(raw).strip()
+    return text or None
+
+
+# ----------------------------------------------------------------------------------------- classes and targets
+@dataclass
+class ClassIndex:
+    names: list[str]
+
+    @classmethod
+    def from_labels(cls, labels: list, task_type: str, explicit: Optional[list[str]] = None) -> "ClassIndex":
+        if task_type == "regression":
+            return cls([])
+        if explicit:
+            return cls(list(explicit))
+        seen = set()
+        for label in labels:
+            seen.update(label if isinstance(label, list) else [label])
+        return cls(sorted(seen))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def targets(self, labels: list, task_type: str) -> np.ndarray:
+        if task_type == "regression":
+            return np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+        index = {name: i for i, name in enumerate(self.names)}
+        out = np.zeros((len(labels), len(self.names)), dtype=np.float32)
+        for row, label in enumerate(labels):
+            for name in (label if isinstance(label, list) else [label]):
+                out[row, index[name]] = 1.0
+        return out
+
+    def filter_unknown(self, records: Records, bad: BadRecords) -> Records:
+        """Drop (and record) records whose label is not in the class list."""
+        if not self.names:
+            return records
+        known = set(self.names)
+        keep = []
+        for i, label in enumerate(records.labels):
+            unknown = [l for l in (label if isinstance(label, list) else [label]) if l not in known]
+            if unknown:
+                bad.add(records.source, records.rows[i], f"label {unknown[0]!r} is not in the class list {self.names}")
+            else:
+                keep.append(i)
+        return records.subset(keep)
+
+
+# ----------------------------------------------------------------------------------------- splits
+def _stratify_key(labels: list, task_type: str):
+    if task_type != "classification":
+        return None
+    _, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_counts=True)
+    return labels if counts.min() >= 2 else None
+
+
+def split_off(records: Records, fraction: float, seed: int, task_type: str) -> tuple[Records, Records]:
+    """Split `fraction` of the records off (stratified by class where possible), deterministically."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(records))
+    stratify = _stratify_key(records.labels, task_type)
+    try:
+        keep, held = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError:  # too few records per class for a stratified split
+        keep, held = train_test_split(indices, test_size=fraction, random_state=seed)
+    return records.subset(sorted(keep)), records.subset(sorted(held))
+
+
+@dataclass
+class Splits:
+    train: Records
+    validation: Optional[Records]
+    test: Optional[Records]
+    classes: ClassIndex
+    bad: BadRecords
+
+    def summary(self) -> str:
+        parts = [f"train={len(self.train)}"]
+        for name in ("validation", "test"):
+            split = getattr(self, name)
+            parts.append(f"{name}={len(split) if split is not None else 0}")
+        if self.classes.names:
+            parts.append(f"classes={self.classes.names}")
+        if self.bad.items:
+            parts.append(f"bad records skipped={len(self.bad.items)}")
+        return ", ".join(parts)
+
+
+def _check_bad_fraction(bad: BadRecords, source: str, kept: int, limit: float) -> None:
+    rejected = bad.count(source)
+    total = kept + rejected
+    if total and rejected / total > limit:
+        example = next(item for item in bad.items if item.source == source)
+        raise DataError(
+            f"{rejected} of {total} records in '{source}' are bad (more than data.max_bad_fraction={limit}); "
+            f"first: row {example.row}: {example.reason}. Check the file and the column settings, or raise "
+            f"data.max_bad_fraction."
+        )
+
+
+def load_splits(config: RunConfig, reader) -> Splits:
+    """Read train/validation/test with `reader(source_path, config, bad) -> Records` and build the class index."""
+    data = config.data
+    task_type = config.task.type
+    bad = BadRecords(policy=data.on_bad_record)
+
+    def read(location: Optional[str], split: str) -> Optional[Records]:
+        if not location:
+            return None
+        path = resolve(location, what=f"data.{split} path")
+        if not Path(path).exists():
+            raise DataError(
+                f"data.{split} = '{location}' does not exist (resolved to '{Path(path).absolute()}'). "
+                f"Check the path; relative paths are relative to the directory you run from."
+            )
+        records = reader(path, config, bad)
+        _check_bad_fraction(bad, path, len(records), data.max_bad_fraction)
+        if len(records) == 0:
+            raise DataError(
+                f"The {split} split from '{location}' has no usable records"
+                + (f" ({bad.count(path)} bad, see bad_records.csv)" if bad.count(path) else "")
+                + ". Point data." + split + " at a file with data, or check data.label_column / data.text_column."
+            )
+        return records
+
+    train = read(data.train, "train")
+    validation = read(data.validation, "validation")
+    test = read(data.test, "test")
+
+    classes = ClassIndex.from_labels(train.labels, task_type, data.classes)
+    train = classes.filter_unknown(train, bad)
+
+    if test is None and data.split.test > 0:
+        train, test = split_off(train, data.split.test, config.seed, task_type)
+    if validation is None and data.split.validation > 0:
+        fraction = data.split.validation / (1.0 - (data.split.test if data.test is None else 0.0))
+        train, validation = split_off(train, min(fraction, 0.5), config.seed + 1, task_type)
+    if data.max_train_examples and len(train) > data.max_train_examples:
+        train, _ = split_off(train, 1.0 - data.max_train_examples / len(train), config.seed + 2, task_type)
+
+    for name, split in (("validation", validation), ("test", test)):
+        if split is not None:
+            split = classes.filter_unknown(split, bad)
+            if len(split) == 0:
+                raise DataError(
+                    f"The {name} split has no records whose labels are in the class list {classes.names}. "
+                    f"Check data.{name} and data.classes."
+                )
+        if name == "validation":
+            validation = split
+        else:
+            test = split
+
+    if classes.names:
+        _require_every_class(train, classes, task_type)
+    return Splits(train, validation, test, classes, bad)
+
+
+def _require_every_class(train: Records, classes: ClassIndex, task_type: str) -> None:
+    counts = classes.targets(train.labels, task_type).sum(axis=0)
+    if task_type == "classification" and len(classes) < 2:
+        raise DataError(
+            f"Classification needs at least 2 classes, the training data has {classes.names}. "
+            f"Check data.label_column, or use task.type: regression for numeric targets."
+        )
+    empty = [name for name, count in zip(classes.names, counts) if count == 0]
+    if empty:
+        raise DataError(
+            f"Class(es) {empty} have no examples in the training split ({train.source}). Add examples for them, "
+            f"or remove them from data.classes."
+        )

@@ -1,0 +1,84 @@
+"""`python -m tfsft.evaluate --run runs/<name>/<id> [--data other_test.csv]`.
+
+Re-evaluates a finished run's model on its test split or on another file/folder of the same format.
+Results go to `<run>/evaluations/<data>-<time>/` (metrics.json, worst examples, confusion matrix); the
+run's own files are never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tfsft.cli import quiet_tensorflow, run_main, setup_logging
+from tfsft.errors import ConfigError, DataError
+
+
+def load_run(run_dir: Path):
+    """(config, class names, Keras model) of a finished run."""
+    from tfsft.config import load_config
+
+    for needed in ("config.yaml", "classes.json", "model.keras"):
+        if not (run_dir / needed).exists():
+            raise ConfigError(
+                f"'{run_dir}' has no {needed}: pass the directory of a finished run (runs/<name>/<id>) to --run.")
+    config = load_config([run_dir / "config.yaml"])
+    classes = json.loads((run_dir / "classes.json").read_text())
+    import keras
+
+    import tfsft.layers  # noqa: F401  (registers tfsft's layers for safe-mode loading)
+    import tfsft.optim  # noqa: F401
+
+    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    return config, classes, model
+
+
+def evaluate(run_dir: Path, data: str | None) -> dict:
+    from tfsft.data import BadRecords, ClassIndex
+    from tfsft.evaluation import HEADLINE, evaluate_records
+    from tfsft.paths import resolve
+    from tfsft.tasks import get_modality
+
+    config, class_names, model = load_run(run_dir)
+    source = data or config.data.test
+    if not source:
+        raise DataError(f"The run {run_dir} has no test file in its config (it was split off); pass --data FILE.")
+    path = resolve(source, what="--data")
+    if not Path(path).exists():
+        raise DataError(f"--data '{source}' does not exist. Give a file (or image folder) in the training format.")
+    modality = get_modality(config, run_dir)
+    bad = BadRecords(policy=config.data.on_bad_record)
+    records = modality.read(path, config, bad)
+    classes = ClassIndex(class_names)
+    records = classes.filter_unknown(records, bad)
+    if len(records) == 0:
+        raise DataError(f"No usable records in '{source}' ({len(bad.items)} bad). Check its columns and labels.")
+    modality.prepare(records)
+    out = run_dir / "evaluations" / f"{Path(path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True)
+    bad.write(out / "bad_records.csv")
+    targets = classes.targets(records.labels, config.task.type)
+    metrics = evaluate_records(model, modality, records, targets, config, class_names, out, prefix="eval")
+    metrics["data"] = str(path)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    headline = ", ".join(f"{k}={metrics[k]:.4f}" for k in HEADLINE[config.task.type] if metrics.get(k) is not None)
+    print(f"{len(records)} examples ({len(bad.items)} bad skipped): {headline}\nResults: {out}")
+    return metrics
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tfsft.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, type=Path, help="A finished run directory (runs/<name>/<id>).")
+    parser.add_argument("--data", help="Evaluate on this file/folder instead of the run's test split.")
+    args = parser.parse_args(argv)
+    quiet_tensorflow()
+    setup_logging()
+    return run_main(lambda: evaluate(args.run, args.data))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

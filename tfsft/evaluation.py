@@ -1,0 +1,77 @@
+"""Evaluate a model on a split and write metrics.json, report.md, plots and worst_examples.csv."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from tfsft import reporting
+from tfsft.config import RunConfig
+from tfsft.data import Records
+from tfsft.model import activation
+
+log = logging.getLogger(__name__)
+
+HEADLINE = {"classification": ("accuracy", "macro_f1"), "multilabel": ("subset_accuracy", "macro_f1"),
+            "regression": ("mae", "rmse")}
+
+
+def predict_scores(model, modality, records: Records, targets: np.ndarray, config: RunConfig,
+                   batch_size: int) -> np.ndarray:
+    dataset = modality.dataset(records, targets, training=False, batch_size=batch_size)
+    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    return activation(config.task.type, outputs)
+
+
+def evaluate_records(model, modality, records: Records, targets: np.ndarray, config: RunConfig,
+                     class_names: list[str], out_dir: Path, prefix: str = "test") -> dict:
+    """Metrics for one split; writes `<prefix>_metrics.json`-style files into `out_dir`."""
+    batch = max(config.training.batch_size, 64)
+    scores = predict_scores(model, modality, records, targets, config, batch)
+    metrics = reporting.compute_metrics(config.task.type, targets, scores, class_names,
+                                        threshold=config.evaluation.multilabel_threshold)
+    if config.evaluation.worst_examples:
+        rows = reporting.worst_examples(config.task.type, targets, scores, class_names,
+                                        [modality.describe(records, i) for i in range(len(records))],
+                                        config.evaluation.worst_examples)
+        for row in rows:
+            row["source_row"] = records.rows[row["index"]]
+        reporting.write_csv(rows, out_dir / f"{prefix}_worst_examples.csv")
+    if "confusion_matrix" in metrics:
+        out_dir.joinpath("plots").mkdir(exist_ok=True)
+        reporting.plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), class_names,
+                                        out_dir / "plots" / f"{prefix}_confusion_matrix.png")
+    return metrics
+
+
+def evaluate_run(p, history: list[dict], warnings: list[str], train_seconds: float) -> dict:
+    """Called at the end of training: test (or validation) metrics, report and plots in the run directory."""
+    config, run = p.config, p.run
+    run.plots.mkdir(exist_ok=True)
+    if history:
+        reporting.plot_history(history, run.plots / "history.png")
+    results: dict = {"train_seconds": round(train_seconds, 1), "epochs_run": len(history)}
+    for split in ("test", "validation"):
+        records = getattr(p.splits, split)
+        if records is None:
+            continue
+        results[split] = evaluate_records(p.model, p.modality, records, p.targets[split], config,
+                                          p.splits.classes.names, run.path, prefix=split)
+    (run / "metrics.json").write_text(json.dumps(results, indent=1))
+    main = results.get("test") or results.get("validation") or {}
+    plots = [str(path.relative_to(run.path)) for path in sorted(run.plots.glob("*.png"))]
+    summary = {"backbone": config.model.backbone.preset or config.model.backbone.name
+               or config.model.backbone.architecture, "task": f"{config.task.modality}/{config.task.type}",
+               "freeze": config.freeze.strategy, "optimizer": config.optimizer.name,
+               "learning_rate": config.optimizer.learning_rate, "schedule": config.schedule.name,
+               "epochs": config.training.epochs, "batch_size": config.training.batch_size,
+               "train_examples": len(p.splits.train), "train_seconds": round(train_seconds, 1)}
+    report = reporting.render_report(config.name, main, summary, history, warnings, plots, len(p.splits.bad.items))
+    (run / "report.md").write_text(report, encoding="utf-8")
+    headline = ", ".join(f"{k}={main[k]:.4f}" for k in HEADLINE[config.task.type] if main.get(k) is not None)
+    which = "test" if "test" in results else "validation"
+    print(f"Evaluation on {which}: {headline}. Report: {run / 'report.md'}", flush=True)
+    return results

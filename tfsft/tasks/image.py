@@ -1,0 +1,213 @@
+"""Images: class folders or a CSV of paths, verified decoding, cached resized pixels, Keras 3 augmentation."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsft.backbones import KERAS_APPLICATIONS_NORMALIZATION, load_backbone
+from tfsft.config import RunConfig
+from tfsft.data import BadRecords, Records, parse_label, read_table, require_columns, table_format
+from tfsft.errors import DataError
+from tfsft.layers import ImageNormalization
+
+log = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
+# Cache decoded images in memory only while they fit comfortably.
+CACHE_LIMIT_BYTES = 4 * 1024**3
+
+
+def decode_and_resize(encoded: tf.Tensor, size, channels: int) -> tf.Tensor:
+    """Encoded JPEG/PNG/BMP/GIF bytes -> float32 HxWxC pixels in 0..255. Shared with export."""
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    image = tf.image.resize(tf.cast(image, tf.float32), size, antialias=True)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+class ImageModality:
+    input_columns = ("path",)
+
+    def __init__(self, config: RunConfig, run_dir: Optional[Path] = None):
+        self.config = config
+        self.run_dir = run_dir
+        self.size = tuple(config.image.size)
+        self.channels = config.image.channels
+
+    # ------------------------------------------------------------------------------------- reading
+    def read(self, path: str, config: RunConfig, bad: BadRecords) -> Records:
+        if Path(path).is_dir():
+            records = self._read_folder(path, bad)
+        else:
+            records = self._read_csv(path, config, bad)
+        if config.image.verify and len(records):
+            records = self._drop_unreadable(records, bad)
+        return records
+
+    def _read_folder(self, root: str, bad: BadRecords) -> Records:
+        if self.config.task.type != "classification":
+            raise DataError(
+                f"'{root}' is a folder of class folders, which only holds single labels; for "
+                f"task.type {self.config.task.type} give a CSV with data.path_column and data.label_column."
+            )
+        paths, labels = [], []
+        class_dirs = sorted(d for d in Path(root).iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not class_dirs:
+            raise DataError(
+                f"Image folder '{root}' has no class sub-folders. Put each class's images in a folder named after "
+                f"the class (e.g. {root}/cat/001.jpg), or give a CSV of path,label."
+            )
+        for class_dir in class_dirs:
+            for file in sorted(class_dir.rglob("*")):
+                if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
+                    paths.append(str(file))
+                    labels.append(class_dir.name)
+                elif file.is_file() and not file.name.startswith("."):
+                    bad.add(root, 0, f"not an image file (extension {file.suffix or 'none'})", str(file))
+        return Records(inputs={"path": paths}, labels=labels, rows=list(range(1, len(paths) + 1)), source=root)
+
+    def _read_csv(self, path: str, config: RunConfig, bad: BadRecords) -> Records:
+        data = config.data
+        fmt = table_format(path, data.format)
+        columns, rows = read_table(path, fmt, data.encoding, bad)
+        require_columns(path, columns, {"data.path_column": data.path_column, "data.label_column": data.label_column})
+        base = Path(path).parent
+        paths, labels, numbers = [], [], []
+        for number, record in rows:
+            raw_path = str(record.get(data.path_column) or "").strip()
+            if not raw_path:
+                bad.add(path, number, f"empty image path in column '{data.path_column}'")
+                continue
+            file = Path(raw_path) if Path(raw_path).is_absolute() else base / raw_path
+            if not file.is_file():
+                bad.add(path, number, "image file does not exist", str(file))
+                continue
+            label = parse_label(record.get(data.label_column), config.task.type, data.label_separator)
+            if label is None:
+                bad.add(path, number, f"missing or invalid label in column '{data.label_column}'",
+                        record.get(data.label_column, ""))
+                continue
+            paths.append(str(file))
+            labels.append(label)
+            numbers.append(number)
+        return Records(inputs={"path": paths}, labels=labels, rows=numbers, source=path)
+
+    def _drop_unreadable(self, records: Records, bad: BadRecords) -> Records:
+        def check(file: str) -> Optional[str]:
+            try:
+                data = tf.io.read_file(file)
+                tf.io.decode_image(data, channels=self.channels, expand_animations=False)
+                return None
+            except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as exc:
+                return str(exc.message).splitlines()[0][:160]
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            problems = list(pool.map(check, records.inputs["path"]))
+        keep = []
+        for i, problem in enumerate(problems):
+            if problem is None:
+                keep.append(i)
+            else:
+                bad.add(records.source, records.rows[i], f"corrupt or unreadable image ({problem})",
+                        records.inputs["path"][i])
+        return records.subset(keep)
+
+    def describe(self, records: Records, index: int) -> dict:
+        return {"path": records.inputs["path"][index]}
+
+    def prepare(self, train: Records) -> None:
+        pass
+
+    # ------------------------------------------------------------------------------------- tf.data
+    def _load(self, path, target):
+        pixels = decode_and_resize(tf.io.read_file(path), self.size, self.channels)
+        # uint8 keeps the in-memory cache 4x smaller; resize already produced 0..255 values.
+        return tf.cast(tf.round(pixels), tf.uint8), target
+
+    def augmenter(self):
+        aug = self.config.image.augment
+        layers = []
+        if aug.crop_padding:
+            h, w = self.size
+            layers.append(keras.layers.ZeroPadding2D(aug.crop_padding))
+            layers.append(keras.layers.RandomCrop(h, w, seed=self.config.seed))
+        if aug.flip != "none":
+            layers.append(keras.layers.RandomFlip(aug.flip, seed=self.config.seed))
+        if aug.rotation:
+            layers.append(keras.layers.RandomRotation(aug.rotation, seed=self.config.seed))
+        if aug.zoom:
+            layers.append(keras.layers.RandomZoom(aug.zoom, seed=self.config.seed))
+        if aug.rand_augment and self.channels == 3:
+            layers.append(keras.layers.RandAugment(value_range=(0, 255), factor=aug.rand_augment_magnitude,
+                                                   seed=self.config.seed))
+        mixers = []
+        if aug.mixup_alpha:
+            mixers.append(keras.layers.MixUp(alpha=aug.mixup_alpha, seed=self.config.seed))
+        if aug.cutmix_alpha:
+            mixers.append(keras.layers.CutMix(factor=aug.cutmix_alpha, seed=self.config.seed))
+        return layers, mixers
+
+    def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((np.asarray(records.inputs["path"]), targets))
+        ds = ds.map(self._load, num_parallel_calls=AUTOTUNE)
+        cache_bytes = len(records) * self.size[0] * self.size[1] * self.channels
+        if self.config.data.cache and cache_bytes < CACHE_LIMIT_BYTES:
+            ds = ds.cache()
+        if training:
+            ds = ds.shuffle(min(self.config.data.shuffle_buffer, len(records)), seed=self.config.seed,
+                            reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+        if training:
+            layers, mixers = self.augmenter()
+            if layers:
+                pipeline = keras.Sequential(layers)
+                ds = ds.map(lambda x, y: (pipeline(x, training=True), y), num_parallel_calls=AUTOTUNE)
+            for mixer in mixers:
+                ds = ds.map(lambda x, y, m=mixer: self._mix(m, x, y), num_parallel_calls=AUTOTUNE)
+        return ds.prefetch(AUTOTUNE)
+
+    @staticmethod
+    def _mix(mixer, images, targets):
+        mixed = mixer({"images": images, "labels": targets}, training=True)
+        return mixed["images"], mixed["labels"]
+
+    def raw_inputs(self, records: Records) -> dict:
+        return {"path": list(records.inputs["path"])}
+
+    # ------------------------------------------------------------------------------------- model
+    def normalization(self) -> str:
+        mode = self.config.image.normalization
+        if mode != "auto":
+            return mode
+        spec = self.config.model.backbone
+        if spec.source == "keras_applications":
+            return KERAS_APPLICATIONS_NORMALIZATION[spec.name]
+        return "torch" if spec.preset else "unit"
+
+    def backbone(self) -> keras.Model:
+        return load_backbone(self.config.model.backbone, image_shape=(*self.size, self.channels))
+
+    def model_inputs(self):
+        return keras.Input(shape=(*self.size, self.channels), dtype="float32", name="image")
+
+    def unused_backbone_layers(self, backbone: keras.Model) -> tuple:
+        return ()
+
+    def features(self, backbone: keras.Model, inputs):
+        x = ImageNormalization(self.normalization(), name="normalization")(inputs)
+        x = backbone(x)
+        if isinstance(x, dict):
+            x = x[sorted(x)[-1]]
+        pooling = self.config.model.head.pooling
+        if pooling in ("auto", "avg", "mean"):
+            return keras.layers.GlobalAveragePooling2D(name="pooling")(x)
+        if pooling == "max":
+            return keras.layers.GlobalMaxPooling2D(name="pooling")(x)
+        raise DataError(f"model.head.pooling = '{pooling}' is for text; images use avg or max.")

@@ -1,0 +1,205 @@
+"""Text: CSV/TSV/JSONL records, in-graph tokenization, length-bucketed batches, token pooling."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsft.backbones import from_preset_or_explain, load_backbone
+from tfsft.config import RunConfig
+from tfsft.data import BadRecords, Records, parse_label, read_table, require_columns, table_format
+from tfsft.errors import DataError
+from tfsft.layers import SequencePooling
+from tfsft.paths import resolve
+
+log = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+class TextModality:
+    input_columns = ("text", "text_pair")
+
+    def __init__(self, config: RunConfig, run_dir: Optional[Path] = None):
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.tokenizer = None
+        self.packer = None
+        self.input_names: list[str] = ["token_ids", "segment_ids", "padding_mask"]
+
+    # ------------------------------------------------------------------------------------- reading
+    def read(self, path: str, config: RunConfig, bad: BadRecords) -> Records:
+        data = config.data
+        fmt = table_format(path, data.format)
+        if fmt == "image_folder":
+            raise DataError("data.format image_folder is for images; text needs csv, tsv or jsonl.")
+        columns, rows = read_table(path, fmt, data.encoding, bad)
+        needed = {"data.text_column": data.text_column, "data.label_column": data.label_column}
+        if data.text_pair_column:
+            needed["data.text_pair_column"] = data.text_pair_column
+        require_columns(path, columns, needed)
+
+        texts, pairs, labels, numbers = [], [], [], []
+        for number, record in rows:
+            text = record.get(data.text_column)
+            if text is None or not str(text).strip():
+                bad.add(path, number, f"empty or missing text in column '{data.text_column}'")
+                continue
+            pair = None
+            if data.text_pair_column:
+                pair = record.get(data.text_pair_column)
+                if pair is None or not str(pair).strip():
+                    bad.add(path, number, f"empty or missing text in column '{data.text_pair_column}'")
+                    continue
+            label = parse_label(record.get(data.label_column), config.task.type, data.label_separator)
+            if label is None:
+                bad.add(path, number, f"missing or invalid label in column '{data.label_column}'",
+                        record.get(data.label_column, ""))
+                continue
+            texts.append(str(text).strip())
+            pairs.append(str(pair).strip() if pair is not None else "")
+            labels.append(label)
+            numbers.append(number)
+        inputs = {"text": texts}
+        if data.text_pair_column:
+            inputs["text_pair"] = pairs
+        return Records(inputs=inputs, labels=labels, rows=numbers, source=path)
+
+    def describe(self, records: Records, index: int) -> dict:
+        out = {"text": records.inputs["text"][index]}
+        if "text_pair" in records.inputs:
+            out["text_pair"] = records.inputs["text_pair"][index]
+        return out
+
+    # ------------------------------------------------------------------------------------- tokenizer
+    def prepare(self, train: Records) -> None:
+        """Load (or learn) the tokenizer and build the packer. Must run before `dataset`/`build_features`."""
+        import keras_hub
+
+        spec = self.config.model.backbone
+        if spec.preset:
+            self.tokenizer = from_preset_or_explain(keras_hub.models.Tokenizer.from_preset, spec, "tokenizer")
+        else:
+            vocabulary = self._vocabulary(train)
+            self.tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=self.config.text.lowercase)
+        self.packer = keras_hub.layers.MultiSegmentPacker(
+            sequence_length=self.config.text.max_length,
+            start_value=self.tokenizer.start_token_id,
+            end_value=self.tokenizer.end_token_id,
+            pad_value=self.tokenizer.pad_token_id,
+            truncate="round_robin",
+        )
+
+    def _vocabulary(self, train: Records) -> str:
+        text_cfg = self.config.text
+        if not text_cfg.vocabulary:
+            raise DataError(
+                "A text backbone built from model.backbone.architecture needs a vocabulary: set text.vocabulary "
+                "to a vocab.txt (one WordPiece token per line) or to 'learn' to build one from the training texts."
+            )
+        if text_cfg.vocabulary != "learn":
+            path = resolve(text_cfg.vocabulary, what="text.vocabulary")
+            if not Path(path).is_file():
+                raise DataError(f"text.vocabulary = '{text_cfg.vocabulary}' does not exist. Give a vocab.txt path.")
+            return path
+        import keras_hub
+
+        target = (self.run_dir or Path(".")) / "vocab.txt"
+        if not target.exists():
+            texts = train.inputs["text"] + [t for t in train.inputs.get("text_pair", []) if t]
+            keras_hub.tokenizers.compute_word_piece_vocabulary(
+                tf.data.Dataset.from_tensor_slices(texts).batch(1000),
+                vocabulary_size=text_cfg.vocabulary_size,
+                lowercase=text_cfg.lowercase,
+                reserved_tokens=SPECIAL_TOKENS,
+                vocabulary_output_file=str(target),
+            )
+            log.info("Learned a %d-token WordPiece vocabulary -> %s", text_cfg.vocabulary_size, target)
+        return str(target)
+
+    @property
+    def vocabulary_size(self) -> int:
+        return int(self.tokenizer.vocabulary_size())
+
+    def tokenize(self, features: dict) -> dict:
+        """Batch of raw strings -> fixed-length token_ids / segment_ids / padding_mask (max_length)."""
+        segments = [self.tokenizer(features["text"])]
+        if "text_pair" in features:
+            segments.append(self.tokenizer(features["text_pair"]))
+        token_ids, segment_ids = self.packer(tuple(segments) if len(segments) > 1 else segments[0])
+        packed = {
+            "token_ids": token_ids,
+            "segment_ids": segment_ids,
+            "padding_mask": tf.cast(token_ids != self.tokenizer.pad_token_id, tf.int32),
+        }
+        return {name: packed[name] for name in self.input_names}
+
+    # ------------------------------------------------------------------------------------- tf.data
+    def _trim(self, features: dict, targets):
+        """Cut a batch's padding down to the smallest bucket boundary that holds its longest sequence."""
+        boundaries = tf.constant(self._boundaries(), tf.int32)
+        longest = tf.reduce_max(tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1))
+        length = tf.gather(boundaries, tf.searchsorted(boundaries, [longest], side="left"))[0]
+        return {k: v[:, :length] for k, v in features.items()}, targets
+
+    def _boundaries(self) -> list[int]:
+        max_length = self.config.text.max_length
+        return sorted({b for b in self.config.text.bucket_boundaries if b < max_length} | {max_length})
+
+    def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int,
+                with_index: bool = False) -> tf.data.Dataset:
+        columns = {name: np.asarray(records.inputs[name], dtype=object) for name in records.inputs}
+        ds = tf.data.Dataset.from_tensor_slices((columns, targets))
+        ds = ds.batch(512).map(lambda f, y: (self.tokenize(f), y), num_parallel_calls=AUTOTUNE).unbatch()
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(records)))  # unbatch forgets the size
+        if self.config.data.cache:
+            ds = ds.cache()
+        if training:
+            ds = ds.shuffle(min(self.config.data.shuffle_buffer, len(records)), seed=self.config.seed,
+                            reshuffle_each_iteration=True)
+            boundaries = self._boundaries()
+            ds = ds.bucket_by_sequence_length(
+                element_length_func=lambda f, y: tf.reduce_sum(tf.cast(f["padding_mask"], tf.int32)),
+                bucket_boundaries=[b + 1 for b in boundaries[:-1]],
+                bucket_batch_sizes=[batch_size] * len(boundaries),
+            )
+        else:
+            ds = ds.batch(batch_size)
+        return ds.map(self._trim, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+    def raw_inputs(self, records: Records) -> dict:
+        """Inputs as a serving client sends them (raw strings)."""
+        return {name: list(values) for name, values in records.inputs.items()}
+
+    # ------------------------------------------------------------------------------------- model
+    def backbone(self) -> keras.Model:
+        backbone = load_backbone(self.config.model.backbone, vocabulary_size=self.vocabulary_size)
+        names = [t.name for t in backbone.inputs] if isinstance(backbone.inputs, list) else list(backbone.input)
+        self.input_names = [n for n in ("token_ids", "segment_ids", "padding_mask") if n in names]
+        return backbone
+
+    def model_inputs(self) -> dict:
+        return {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in self.input_names}
+
+    def unused_backbone_layers(self, backbone: keras.Model) -> tuple:
+        if self.config.model.head.pooling != "pooled" and any(l.name == "pooled_dense" for l in backbone.layers):
+            return ("pooled_dense",)
+        return ()
+
+    def features(self, backbone: keras.Model, inputs: dict):
+        outputs = backbone({k: inputs[k] for k in self.input_names})
+        pooling = self.config.model.head.pooling
+        if pooling in ("auto", "avg"):
+            pooling = "mean"
+        if pooling == "pooled":
+            if not (isinstance(outputs, dict) and "pooled_output" in outputs):
+                raise DataError("model.head.pooling: pooled needs a backbone with a pooled_output (e.g. BERT).")
+            return outputs["pooled_output"]
+        sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+        return SequencePooling(pooling, name="pooling")(sequence, inputs["padding_mask"])

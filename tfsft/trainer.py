@@ -1,0 +1,210 @@
+"""Orchestrate one run: data -> strategy scope (build, freeze, compile) -> fit -> evaluate -> artifacts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsft.callbacks import ResumableCheckpoint, RunMonitor, TrainingState
+from tfsft.config import RunConfig
+from tfsft.data import Splits, load_splits
+from tfsft.distribute import is_chief, make_strategy, set_precision
+from tfsft.errors import TfsftError, TrainingAborted
+from tfsft.evaluation import evaluate_run
+from tfsft.freezing import FreezePlan, FreezingCallback
+from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
+from tfsft.optim import build_optimizer, build_schedule
+from tfsft.rundir import RunDir, open_run_dir
+from tfsft.tasks import get_modality
+
+log = logging.getLogger(__name__)
+# Keras warns that `shuffle` is ignored for tf.data input; our pipelines shuffle themselves.
+warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    history: list[dict]
+
+
+@dataclass
+class Prepared:
+    """Everything built before `fit`; tests use it to inspect a model mid-way."""
+
+    config: RunConfig
+    run: RunDir
+    splits: Splits
+    modality: object
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    backbone: keras.Model
+    plan: FreezePlan
+    steps_per_epoch: int
+    targets: dict
+
+
+def _steps_per_epoch(config: RunConfig, n_train: int) -> int:
+    steps = math.ceil(n_train / config.training.batch_size)
+    if config.training.steps_per_epoch:
+        steps = min(steps, config.training.steps_per_epoch)
+    return max(steps, 1)
+
+
+def prepare(config: RunConfig, resume: str = "auto") -> Prepared:
+    """Read data, open the run directory, build and compile the model, restore a checkpoint if resuming."""
+    keras.utils.set_random_seed(config.seed)
+    chief = is_chief()
+    strategy = make_strategy(config.distribute)
+    modality = get_modality(config)
+    splits = load_splits(config, modality.read)  # data errors surface before anything is written
+    run = open_run_dir(config, resume, write=chief)
+    try:
+        return _build(config, run, splits, modality, strategy)
+    except TfsftError:
+        if run.created:  # a failed start leaves nothing behind
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def _build(config, run, splits, modality, strategy) -> Prepared:
+    modality.run_dir = run.path
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    run.set_status("running", resumed=run.resumed)
+    (run / "classes.json").write_text(json.dumps(splits.classes.names, indent=1))
+    splits.bad.write(run / "bad_records.csv")
+    print(f"Data: {splits.summary()}", flush=True)
+    if splits.bad.items:
+        print(f"{len(splits.bad.items)} bad records skipped; see {run / 'bad_records.csv'}", flush=True)
+
+    precision = set_precision(config.distribute)
+    modality.prepare(splits.train)
+    num_outputs = len(splits.classes) if splits.classes.names else 1
+    targets = {name: splits.classes.targets(getattr(splits, name).labels, config.task.type)
+               for name in ("train", "validation", "test") if getattr(splits, name) is not None}
+    steps_per_epoch = _steps_per_epoch(config, len(splits.train))
+    total_steps = steps_per_epoch * config.training.epochs
+
+    with strategy.scope():
+        backbone = modality.backbone()
+        model = build_model(config, modality, backbone, num_outputs)
+        plan = FreezePlan(config.freeze, backbone, modality.unused_backbone_layers(backbone))
+        schedule = build_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
+        optimizer = build_optimizer(config.optimizer, schedule, model)
+        jit = config.training.jit_compile
+        model.compile(optimizer=optimizer, loss=loss_for(config), metrics=metrics_for(config, num_outputs),
+                      jit_compile=False if jit == "auto" else jit,
+                      steps_per_execution=config.training.steps_per_execution)
+        # Build optimizer slots for every variable any freezing stage may train, so later stages can train.
+        plan.apply(plan.stage_for_epoch(10**9) if config.freeze.strategy == "gradual" else plan.stage_for_epoch(0))
+        optimizer.build(model.trainable_variables)
+        optimizer.set_lr_multipliers(plan.backbone_lr_multipliers())
+        plan.apply(plan.stage_for_epoch(0))
+    log.info("Precision policy %s, strategy %s (%d replicas)", precision, type(strategy).__name__,
+             strategy.num_replicas_in_sync)
+    return Prepared(config, run, splits, modality, strategy, model, backbone, plan, steps_per_epoch, targets)
+
+
+def train(config: RunConfig, resume: str = "auto", verbose: Optional[int] = None,
+          callbacks: Optional[list] = None) -> RunResult:
+    prepared = prepare(config, resume)
+    return fit_and_evaluate(prepared, verbose=verbose, callbacks=callbacks)
+
+
+def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Optional[list] = None) -> RunResult:
+    """Fit (resuming from the run's checkpoint if there is one), then save and evaluate. `callbacks` run last."""
+    extra_callbacks = list(callbacks or [])
+    config, run, model, chief = p.config, p.run, p.model, is_chief()
+    state = TrainingState(run / "history.json")
+    checkpoint = ResumableCheckpoint(run.checkpoints / "last", config.training.checkpoint_every_steps, write=chief)
+    checkpoint.attach(model)
+    restored = checkpoint.restore()
+    epochs_done, steps_done = restored if restored else (0, 0)
+    state.truncate(epochs_done)
+    if restored:
+        print(f"Resuming {run.path}: {epochs_done} epoch(s) and {steps_done} step(s) done.", flush=True)
+    print(p.plan.summary(model), flush=True)
+
+    monitor = RunMonitor(state, run.checkpoints / "best.weights.h5", config.training.early_stopping,
+                         config.training.overfit_patience, run.logs, has_validation=p.splits.validation is not None,
+                         write=chief)
+    freezing = FreezingCallback(p.plan, on_change=lambda epoch, stage: monitor.set_stage(
+        epoch, stage, p.plan.stage_index(epoch)))
+    callbacks = [
+        freezing,
+        monitor,
+        checkpoint,
+        keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(log_dir=str(run.logs), update_freq="epoch", write_graph=False),
+        *extra_callbacks,
+    ]
+
+    batch = config.training.batch_size
+    train_ds = p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=batch).repeat()
+    val_ds = None
+    if p.splits.validation is not None:
+        val_ds = p.modality.dataset(p.splits.validation, p.targets["validation"], training=False, batch_size=batch)
+    class_weight = class_weight_map(config, p.targets["train"], p.splits.classes.names)
+    verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
+    fit_kwargs = dict(validation_data=val_ds, validation_steps=config.training.validation_steps,
+                      class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+
+    spe, epochs = p.steps_per_epoch, config.training.epochs
+    started = time.time()
+    if epochs_done < epochs and not _early_stopped(state, config, monitor):
+        # The shuffled, repeated training stream is deterministic, so skipping the steps already taken resumes it
+        # where it stopped. A checkpoint taken mid-epoch finishes that epoch first, with the steps it has left.
+        in_epoch = steps_done - epochs_done * spe
+        if 0 < in_epoch < spe:
+            model.fit(train_ds.skip(steps_done), initial_epoch=epochs_done, epochs=epochs_done + 1,
+                      steps_per_epoch=spe - in_epoch, **fit_kwargs)
+            epochs_done += 1
+        if epochs_done < epochs and not model.stop_training:
+            model.fit(train_ds.skip(epochs_done * spe), initial_epoch=epochs_done, epochs=epochs,
+                      steps_per_epoch=spe, **fit_kwargs)
+    train_seconds = time.time() - started
+
+    best_file = run.checkpoints / "best.weights.h5"
+    if monitor.nan_detected:
+        if best_file.exists():
+            model.load_weights(str(best_file))
+        run.set_status("stopped_nan")
+        raise TrainingAborted(
+            f"Training stopped: the loss became NaN/Inf. The best checkpoint is kept at {best_file}. Lower "
+            f"optimizer.learning_rate, enable gradient clipping (optimizer.clip.mode: global_norm), or check the "
+            f"data for extreme values, then run again (a new run, or --resume {run.path})."
+        )
+    if config.training.early_stopping.restore_best and best_file.exists():
+        model.load_weights(str(best_file))
+        best_index, _ = state.best(monitor.monitor, monitor.mode, config.training.early_stopping.min_delta)
+        print(f"Restored the best weights (epoch {best_index + 1 if best_index is not None else '?'}, "
+              f"{monitor.monitor}).", flush=True)
+
+    metrics = {}
+    if chief:
+        model.save(str(run / "model.keras"))
+        p.backbone.save_weights(str(run / "backbone.weights.h5"))
+        metrics = evaluate_run(p, state.epochs, monitor.warnings, train_seconds)
+        run.set_status("completed", train_seconds=round(train_seconds, 1))
+    return RunResult(run.path, metrics, state.epochs)
+
+
+def _early_stopped(state: TrainingState, config: RunConfig, monitor: RunMonitor) -> bool:
+    early = config.training.early_stopping
+    if not early.enabled or not state.epochs:
+        return False
+    best_index, _ = state.best(monitor.monitor, monitor.mode, early.min_delta)
+    return best_index is not None and len(state.epochs) - 1 - best_index > early.patience
