@@ -74,7 +74,8 @@ def test_transfer_from_weights_file_beats_random_init(tmp_path):
     scores = {}
     for name, backbone_weights in (("transfer", str(weights)), ("scratch", None)):
         config = image_config(target, tmp_path, name=name, training=budget,
-                              freeze={"strategy": "none"}, optimizer={"learning_rate": 1e-3})
+                              freeze={"strategy": "none", "train_batchnorm": False},
+                              optimizer={"learning_rate": 3e-3})
         config["model"]["backbone"]["weights"] = backbone_weights
         scores[name] = train(validated(config), verbose=0).metrics["test"]["accuracy"]
     print("transfer vs scratch test accuracy:", scores)

@@ -110,7 +110,7 @@ def test_corrupt_image_skipped_is_counted(tmp_path, digit_data):
     config = validate(image_config({**digit_data, "train": str(train)}, tmp_path))
     splits = load_splits(config, get_modality(config).read)
     assert [item.value for item in splits.bad.items] == [str(train / "digit_1" / "broken.jpg")]
-    assert len(splits.train) == 120
+    assert len(splits.train) == 300
 
 
 def test_unreadable_csv_encoding(capsys, tmp_path, text_data, existing_run):

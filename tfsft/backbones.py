@@ -42,6 +42,13 @@ def _looks_like_network_error(exc: BaseException) -> bool:
     return any(hint in text for hint in _NETWORK_HINTS) or "ConnectionError" in type(exc).__name__
 
 
+def is_pretrained(spec: BackboneConfig) -> bool:
+    """Whether the backbone starts from learned weights (a preset, ImageNet, or a weights file)."""
+    if spec.source == "keras_applications":
+        return (spec.weights or "imagenet") != "none"
+    return bool(spec.preset) or bool(spec.weights and spec.weights != "none")
+
+
 def _is_local(location: str) -> bool:
     return location.startswith(("package:", "/", "./", "../", "~")) or os.path.exists(location)
 

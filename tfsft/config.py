@@ -168,8 +168,9 @@ class FreezeConfig(Section):
         ]
     )
     backbone_lr_factor: float = Field(1.0, gt=0.0, le=10.0, description="Backbone LR = head LR x this factor.")
-    train_batchnorm: bool = Field(
-        False, description="Unfrozen BatchNorm layers update their statistics; default keeps them in inference mode."
+    train_batchnorm: Union[bool, Literal["auto"]] = Field(
+        "auto", description="Unfrozen BatchNorm layers learn and update their statistics. auto: only for a backbone "
+                            "without pretrained weights; pretrained BatchNorm stays in inference mode."
     )
 
     @model_validator(mode="after")

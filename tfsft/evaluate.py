@@ -14,26 +14,8 @@ import time
 from pathlib import Path
 
 from tfsft.cli import quiet_tensorflow, run_main, setup_logging
-from tfsft.errors import ConfigError, DataError
-
-
-def load_run(run_dir: Path):
-    """(config, class names, Keras model) of a finished run."""
-    from tfsft.config import load_config
-
-    for needed in ("config.yaml", "classes.json", "model.keras"):
-        if not (run_dir / needed).exists():
-            raise ConfigError(
-                f"'{run_dir}' has no {needed}: pass the directory of a finished run (runs/<name>/<id>) to --run.")
-    config = load_config([run_dir / "config.yaml"])
-    classes = json.loads((run_dir / "classes.json").read_text())
-    import keras
-
-    import tfsft.layers  # noqa: F401  (registers tfsft's layers for safe-mode loading)
-    import tfsft.optim  # noqa: F401
-
-    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
-    return config, classes, model
+from tfsft.errors import DataError
+from tfsft.runs import load_run
 
 
 def evaluate(run_dir: Path, data: str | None) -> dict:

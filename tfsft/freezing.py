@@ -85,9 +85,11 @@ class Stage:
 
 
 class FreezePlan:
-    def __init__(self, cfg: FreezeConfig, backbone: keras.Model, unused_layers: tuple = ()):
+    def __init__(self, cfg: FreezeConfig, backbone: keras.Model, unused_layers: tuple = (), pretrained: bool = True):
         self.cfg = cfg
         self.backbone = backbone
+        # Pretrained statistics are worth keeping; a randomly initialised network needs its BatchNorm to learn.
+        self.train_batchnorm = (not pretrained) if cfg.train_batchnorm == "auto" else cfg.train_batchnorm
         # Layers whose output the head ignores (e.g. BERT's pooler under mean pooling) get no gradient: keep
         # them frozen so the optimizer neither warns nor decays them.
         self.unused_layers = [backbone.get_layer(name) for name in unused_layers]
@@ -119,7 +121,10 @@ class FreezePlan:
 
     def apply(self, stage: Stage) -> None:
         """Set `trainable` on every backbone layer for this stage."""
+        # Setting `trainable` on the parent does not reliably reach sublayers frozen earlier: set each one.
         self.backbone.trainable = True
+        for layer in self._all_layers():
+            layer.trainable = True
         if stage.trainable_units == "all":
             frozen = []
         else:
@@ -131,7 +136,7 @@ class FreezePlan:
                 layer.trainable = False
         for layer in self.unused_layers:
             layer.trainable = False
-        if not self.cfg.train_batchnorm:
+        if not self.train_batchnorm:
             for layer in self._all_layers():
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False

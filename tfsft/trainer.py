@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfsft.backbones import is_pretrained
 from tfsft.callbacks import ResumableCheckpoint, RunMonitor, TrainingState
 from tfsft.config import RunConfig
 from tfsft.data import Splits, load_splits
@@ -66,6 +67,9 @@ def _steps_per_epoch(config: RunConfig, n_train: int) -> int:
 
 def prepare(config: RunConfig, resume: str = "auto") -> Prepared:
     """Read data, open the run directory, build and compile the model, restore a checkpoint if resuming."""
+    # A fresh Keras session per run: deterministic layer names (checkpoints and weight paths line up across
+    # runs in one process) and no memory held by earlier models (tuning runs many trials).
+    keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(config.seed)
     chief = is_chief()
     strategy = make_strategy(config.distribute)
@@ -101,7 +105,8 @@ def _build(config, run, splits, modality, strategy) -> Prepared:
     with strategy.scope():
         backbone = modality.backbone()
         model = build_model(config, modality, backbone, num_outputs)
-        plan = FreezePlan(config.freeze, backbone, modality.unused_backbone_layers(backbone))
+        plan = FreezePlan(config.freeze, backbone, modality.unused_backbone_layers(backbone),
+                          pretrained=is_pretrained(config.model.backbone))
         schedule = build_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
         optimizer = build_optimizer(config.optimizer, schedule, model)
         jit = config.training.jit_compile

@@ -26,10 +26,13 @@ CACHE_LIMIT_BYTES = 4 * 1024**3
 
 
 def decode_and_resize(encoded: tf.Tensor, size, channels: int) -> tf.Tensor:
-    """Encoded JPEG/PNG/BMP/GIF bytes -> float32 HxWxC pixels in 0..255. Shared with export."""
+    """Encoded JPEG/PNG/BMP/GIF bytes -> float32 HxWxC whole-number pixels in 0..255.
+
+    Training caches these as uint8, so they are rounded here: serving then sees exactly the same pixels.
+    """
     image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
     image = tf.image.resize(tf.cast(image, tf.float32), size, antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    return tf.round(tf.clip_by_value(image, 0.0, 255.0))
 
 
 class ImageModality:
@@ -128,8 +131,8 @@ class ImageModality:
     # ------------------------------------------------------------------------------------- tf.data
     def _load(self, path, target):
         pixels = decode_and_resize(tf.io.read_file(path), self.size, self.channels)
-        # uint8 keeps the in-memory cache 4x smaller; resize already produced 0..255 values.
-        return tf.cast(tf.round(pixels), tf.uint8), target
+        # uint8 keeps the in-memory cache 4x smaller; the pixels are already whole numbers in 0..255.
+        return tf.cast(pixels, tf.uint8), target
 
     def augmenter(self):
         aug = self.config.image.augment
@@ -180,6 +183,30 @@ class ImageModality:
 
     def raw_inputs(self, records: Records) -> dict:
         return {"path": list(records.inputs["path"])}
+
+    # ------------------------------------------------------------------------------------- serving
+    def serving_signatures(self) -> dict:
+        h, w = self.size
+        return {
+            "serving_default": {"image_bytes": tf.TensorSpec([None], tf.string, name="image_bytes")},
+            "serving_pixels": {"pixels": tf.TensorSpec([None, h, w, self.channels], tf.float32, name="pixels")},
+        }
+
+    def serving_features(self, signature: str, inputs: dict):
+        if signature == "serving_pixels":
+            return inputs["pixels"]
+        spec = tf.TensorSpec([*self.size, self.channels], tf.float32)
+        return tf.map_fn(lambda encoded: decode_and_resize(encoded, self.size, self.channels),
+                         inputs["image_bytes"], fn_output_signature=spec)
+
+    def serving_resources(self) -> list:
+        return []
+
+    def serving_examples(self, records: Records, count: int) -> dict:
+        return {"image_bytes": [Path(p).read_bytes() for p in records.inputs["path"][:count]]}
+
+    def use_model_inputs(self, model: keras.Model) -> None:
+        pass
 
     # ------------------------------------------------------------------------------------- model
     def normalization(self) -> str:

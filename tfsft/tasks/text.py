@@ -177,11 +177,34 @@ class TextModality:
         """Inputs as a serving client sends them (raw strings)."""
         return {name: list(values) for name, values in records.inputs.items()}
 
+    # ------------------------------------------------------------------------------------- serving
+    def serving_signatures(self) -> dict:
+        """Signature name -> {input name: TensorSpec} of raw inputs a client sends."""
+        spec = {"text": tf.TensorSpec([None], tf.string, name="text")}
+        if self.config.data.text_pair_column:
+            spec["text_pair"] = tf.TensorSpec([None], tf.string, name="text_pair")
+        return {"serving_default": spec}
+
+    def serving_features(self, signature: str, inputs: dict) -> dict:
+        features, _ = self._trim(self.tokenize(inputs), None)
+        return features
+
+    def serving_resources(self) -> list:
+        """Layers holding TF resources (vocabulary tables) the exported graph needs; built before tracking."""
+        self.tokenize({name: tf.constant(["warm up"]) for name in self.serving_signatures()["serving_default"]})
+        return [self.tokenizer, self.packer]
+
+    def serving_examples(self, records: Records, count: int) -> dict:
+        return {name: [str(v) for v in values[:count]] for name, values in records.inputs.items()}
+
     # ------------------------------------------------------------------------------------- model
+    def use_model_inputs(self, model: keras.Model) -> None:
+        """Align the tokenizer output with a loaded model's inputs."""
+        self.input_names = [n for n in ("token_ids", "segment_ids", "padding_mask") if n in _input_names(model)]
+
     def backbone(self) -> keras.Model:
         backbone = load_backbone(self.config.model.backbone, vocabulary_size=self.vocabulary_size)
-        names = [t.name for t in backbone.inputs] if isinstance(backbone.inputs, list) else list(backbone.input)
-        self.input_names = [n for n in ("token_ids", "segment_ids", "padding_mask") if n in names]
+        self.use_model_inputs(backbone)
         return backbone
 
     def model_inputs(self) -> dict:
@@ -203,3 +226,10 @@ class TextModality:
             return outputs["pooled_output"]
         sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
         return SequencePooling(pooling, name="pooling")(sequence, inputs["padding_mask"])
+
+
+def _input_names(model: keras.Model) -> list[str]:
+    inputs = model.input
+    if isinstance(inputs, dict):
+        return list(inputs)
+    return [t.name for t in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]

@@ -1,0 +1,313 @@
+"""Export a run's model as a TF Serving SavedModel with preprocessing inside the graph.
+
+`saved_models/<name>/<version>/`: a client sends raw strings (text) or encoded image bytes and gets
+probabilities, class ids and class names back. The version folder is written beside its target under
+a temporary name, verified by reloading it in a fresh process that imports only `tensorflow` and
+`tensorflow_text`, and only then renamed into place: a killed or failed export leaves no version that
+TF Serving would load, and an existing version is never modified.
+
+This module never imports the trainer: a run directory on disk is its only input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from tfsft.errors import TfsftError
+
+log = logging.getLogger(__name__)
+
+TOP_K = 5
+VERIFY_EXAMPLES = 16
+VERIFY_TOLERANCE = 1e-5
+
+
+class ExportError(TfsftError):
+    """The export could not be written or did not reproduce the Keras model."""
+
+
+# ----------------------------------------------------------------------------------------- versions
+def existing_versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(model_dir: Path) -> int:
+    versions = existing_versions(model_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+def write_models_config(base: Path) -> Path:
+    """TF Serving's `--model_config_file` (text format) listing every model under `base`."""
+    entries = []
+    for model_dir in sorted(p for p in base.iterdir() if p.is_dir() and existing_versions(p)):
+        entries.append(
+            "  config {\n"
+            f'    name: "{model_dir.name}"\n'
+            f'    base_path: "{model_dir.resolve()}"\n'
+            '    model_platform: "tensorflow"\n'
+            "  }\n")
+    text = "model_config_list {\n" + "".join(entries) + "}\n"
+    target = base / "models.config"
+    tmp = base / ".models.config.tmp"
+    tmp.write_text(text)
+    tmp.replace(target)
+    return target
+
+
+# ----------------------------------------------------------------------------------------- graph
+def _outputs(task_type: str, logits, class_names: list[str], threshold: float, separator: str) -> dict:
+    import tensorflow as tf
+
+    logits = tf.cast(logits, tf.float32)
+    if task_type == "regression":
+        return {"value": logits[:, 0]}
+    names = tf.constant(class_names)
+    if task_type == "multilabel":
+        scores = tf.sigmoid(logits)
+        predicted = scores >= threshold
+        chosen = tf.where(predicted, tf.broadcast_to(names, tf.shape(scores)), tf.constant(""))
+        joined = tf.strings.reduce_join(chosen, axis=-1, separator=separator)
+        # Collapse the separators left by unselected ("") classes.
+        joined = tf.strings.regex_replace(joined, f"(\\{separator})+", separator)
+        joined = tf.strings.regex_replace(joined, f"^\\{separator}|\\{separator}$", "")
+        return {"scores": scores, "predicted": tf.cast(predicted, tf.int32), "labels": joined}
+    probabilities = tf.nn.softmax(logits, axis=-1)
+    class_id = tf.argmax(probabilities, axis=-1)
+    k = min(TOP_K, len(class_names))
+    top_probabilities, top_ids = tf.math.top_k(probabilities, k=k)
+    return {
+        "probabilities": probabilities,
+        "class_id": class_id,
+        "class_name": tf.gather(names, class_id),
+        "top_k_class_names": tf.gather(names, top_ids),
+        "top_k_probabilities": top_probabilities,
+    }
+
+
+def build_archive(config, class_names: list[str], model, modality):
+    """A Keras ExportArchive whose endpoints take raw inputs; tokenizer/image resources tracked."""
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for resource in modality.serving_resources():
+        archive.track(resource)
+
+    def make_endpoint(signature: str, names: list[str]):
+        def endpoint(*args):
+            features = modality.serving_features(signature, dict(zip(names, args)))
+            logits = model(features, training=False)
+            return _outputs(config.task.type, logits, class_names, config.evaluation.multilabel_threshold,
+                            config.data.label_separator)
+        return endpoint
+
+    for signature, spec in modality.serving_signatures().items():
+        names = list(spec)
+        archive.add_endpoint(signature, make_endpoint(signature, names), input_signature=[spec[n] for n in names])
+    return archive
+
+
+# ----------------------------------------------------------------------------------------- verification
+_VERIFY_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the text ops an exported tokenizer uses)
+path, inputs_file, output_file = sys.argv[1:4]
+loaded = tf.saved_model.load(path)
+request = json.load(open(inputs_file))
+fn = loaded.signatures["serving_default"]
+tensors = {name: tf.constant([bytes.fromhex(v) for v in values]) for name, values in request.items()}
+outputs = fn(**tensors)
+np.savez(output_file, **{k: v.numpy() for k, v in outputs.items() if v.dtype != tf.string})
+strings = {k: [s.decode("utf-8") for s in v.numpy().reshape(-1)] for k, v in outputs.items() if v.dtype == tf.string}
+# TensorFlow itself imports parts of keras; what must not load is KerasHub or tfsft.
+foreign = sorted({m.split(".")[0] for m in sys.modules} & {"keras_hub", "tfsft"})
+print(json.dumps({"signatures": sorted(loaded.signatures), "strings": strings, "foreign_modules": foreign}))
+"""
+
+
+def _expected_scores(config, model, modality, records, count):
+    """Scores of the Keras model on the training-time input pipeline (not the exported preprocessing)."""
+    from tfsft.model import activation
+
+    subset = records.subset(range(min(count, len(records))))
+    targets = np.zeros((len(subset), model.output_shape[-1]), np.float32)
+    dataset = modality.dataset(subset, targets, training=False, batch_size=len(subset))
+    return subset, activation(config.task.type, model.predict(dataset.map(lambda x, y: x), verbose=0))
+
+
+def verify_in_fresh_process(path: Path, config, class_names, model, modality, records) -> dict:
+    """Reload the SavedModel with only TF + TF Text and compare its scores with the Keras model's."""
+    subset, expected = _expected_scores(config, model, modality, records, VERIFY_EXAMPLES)
+    raw = modality.serving_examples(subset, len(subset))
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs_file, output_file = Path(tmp) / "inputs.json", Path(tmp) / "outputs.npz"
+        inputs_file.write_text(json.dumps({
+            name: [(v.encode("utf-8") if isinstance(v, str) else v).hex() for v in values]
+            for name, values in raw.items()}))
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        result = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(path), str(inputs_file), str(output_file)],
+                                capture_output=True, text=True, env=env, timeout=600)
+        if result.returncode != 0:
+            raise ExportError(f"The exported SavedModel does not load or run in a fresh TensorFlow process: "
+                              f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}")
+        outputs = dict(np.load(output_file, allow_pickle=False))
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    if info["foreign_modules"]:
+        raise ExportError(f"Loading the export pulled in {info['foreign_modules']}: it must need only TensorFlow.")
+    key = {"classification": "probabilities", "multilabel": "scores", "regression": "value"}[config.task.type]
+    got = outputs[key].reshape(expected.shape)
+    difference = float(np.max(np.abs(got - expected)))
+    if difference > VERIFY_TOLERANCE:
+        raise ExportError(f"The exported model's {key} differ from the Keras model's by {difference:.2e} "
+                          f"(> {VERIFY_TOLERANCE}) on {len(subset)} examples; nothing was exported.")
+    if config.task.type == "classification":
+        expected_names = [class_names[i] for i in expected.argmax(axis=-1)]
+        if info["strings"]["class_name"] != expected_names:
+            raise ExportError("The exported model's class names differ from the Keras model's predictions.")
+    return {"examples": len(subset), "max_abs_difference": difference, "signatures": info["signatures"]}
+
+
+# ----------------------------------------------------------------------------------------- assets
+def _warmup_requests(name: str, modality, records) -> bytes:
+    """TF Serving's warm-up file: a TFRecord of PredictionLog protos (read with --enable_model_warmup)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    raw = modality.serving_examples(records, min(4, len(records)))
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name, signature_name="serving_default"))
+    for key, values in raw.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto([v.encode() if isinstance(v, str) else v for v in values],
+                                                          dtype=tf.string))
+    log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    with tempfile.NamedTemporaryFile(suffix=".tfrecord", delete=False) as handle:
+        tmp_name = handle.name
+    with tf.io.TFRecordWriter(tmp_name) as writer:
+        writer.write(log_record.SerializeToString())
+    data = Path(tmp_name).read_bytes()
+    os.unlink(tmp_name)
+    return data
+
+
+def _model_card(name: str, version: int, config, class_names, metrics: dict, verification: dict) -> str:
+    test = metrics.get("test") or metrics.get("validation") or {}
+    backbone = config.model.backbone
+    lines = [
+        f"# {name} v{version}",
+        "",
+        f"- task: {config.task.modality} {config.task.type}",
+        f"- backbone: {backbone.preset or backbone.name or backbone.architecture}",
+        f"- classes: {', '.join(class_names) if class_names else '(regression)'}",
+        f"- trained: {config.training.epochs} epochs, {config.optimizer.name} lr {config.optimizer.learning_rate}, "
+        f"freeze {config.freeze.strategy}",
+    ]
+    for key in ("accuracy", "macro_f1", "weighted_f1", "subset_accuracy", "mae", "rmse"):
+        if test.get(key) is not None:
+            lines.append(f"- test {key}: {test[key]:.4f}")
+    lines += ["", f"Export verified in a fresh TensorFlow process on {verification['examples']} examples "
+              f"(max |difference| {verification['max_abs_difference']:.1e}).", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- export
+def export_run(run_dir: str | Path, base_path: str | Path = "saved_models", name: Optional[str] = None,
+               version: Optional[int] = None, verify: bool = True) -> Path:
+    import tensorflow as tf
+
+    from tfsft.data import load_splits
+    from tfsft.runs import load_run
+    from tfsft.tasks import get_modality
+
+    run_dir = Path(run_dir)
+    config, class_names, model = load_run(run_dir)
+    name = name or config.name
+    model_dir = Path(base_path) / name
+    if version is not None and version in existing_versions(model_dir):
+        raise ExportError(f"Version {version} of '{name}' already exists in {model_dir}; exported versions are "
+                          f"never overwritten. Omit --version to take the next free one ({next_version(model_dir)}).")
+    version = version or next_version(model_dir)
+
+    modality = get_modality(config, run_dir)
+    splits = load_splits(config, modality.read)
+    modality.prepare(splits.train)
+    modality.use_model_inputs(model)
+    examples = splits.test or splits.validation or splits.train
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    staging.chmod(0o755)  # mkdtemp makes it private; a serving container may run as another user
+    try:
+        archive = build_archive(config, class_names, model, modality)
+        archive.write_out(str(staging), verbose=False)
+        verification = verify_in_fresh_process(staging, config, class_names, model, modality, examples) if verify else \
+            {"examples": 0, "max_abs_difference": float("nan"), "signatures": []}
+        extra = staging / "assets.extra"
+        extra.mkdir()
+        metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+        (extra / "classes.json").write_text(json.dumps(class_names, indent=1))
+        shutil.copy(run_dir / "config.yaml", extra / "config.yaml")
+        (extra / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (extra / "export.json").write_text(json.dumps({"run": str(run_dir.resolve()), "version": version,
+                                                       "tensorflow": tf.__version__, **_text_version(),
+                                                       "verification": verification}, indent=1))
+        (extra / "model_card.md").write_text(_model_card(name, version, config, class_names, metrics, verification))
+        (extra / "tf_serving_warmup_requests").write_bytes(_warmup_requests(name, modality, examples))
+        target = model_dir / str(version)
+        if target.exists():
+            raise ExportError(f"{target} appeared while exporting; not overwriting it. Export again.")
+        os.rename(staging, target)  # atomic on one filesystem: TF Serving never sees a half-written version
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_models_config(Path(base_path))
+    log.info("Exported %s version %d -> %s", name, version, target)
+    return target
+
+
+def _text_version() -> dict:
+    try:
+        import tensorflow_text
+
+        return {"tensorflow_text": tensorflow_text.__version__}
+    except ImportError:
+        return {}
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from tfsft.cli import quiet_tensorflow, run_main, setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m tfsft.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="A finished run directory (runs/<name>/<id>).")
+    parser.add_argument("--base-path", default="saved_models", help="Model base path (default saved_models/).")
+    parser.add_argument("--name", help="Model name (default: the run's name).")
+    parser.add_argument("--version", type=int, help="Version number (default: the next free one).")
+    parser.add_argument("--no-verify", action="store_true", help="Skip the fresh-process reload check.")
+    args = parser.parse_args(argv)
+    quiet_tensorflow()
+    setup_logging()
+
+    def run():
+        target = export_run(args.run, args.base_path, args.name, args.version, verify=not args.no_verify)
+        print(f"Exported {target}")
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

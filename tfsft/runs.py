@@ -1,0 +1,33 @@
+"""Loading what a finished run left behind: its config, class names and Keras model."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from tfsft.errors import ConfigError
+
+
+def load_run(run_dir: str | Path):
+    """(config, class names, Keras model) of a finished run directory."""
+    from tfsft.config import load_config
+
+    run_dir = Path(run_dir)
+    for needed in ("config.yaml", "classes.json", "model.keras"):
+        if not (run_dir / needed).exists():
+            raise ConfigError(
+                f"'{run_dir}' has no {needed}: pass the directory of a finished run (runs/<name>/<id>), "
+                f"whose status.json says completed.")
+    config = load_config([run_dir / "config.yaml"])
+    classes = json.loads((run_dir / "classes.json").read_text())
+    import keras
+
+    import tfsft.layers  # noqa: F401  (registers tfsft's layers for safe-mode loading)
+    import tfsft.optim  # noqa: F401
+
+    with warnings.catch_warnings():
+        # The saved optimizer state is irrelevant for inference; Keras warns when its slot count differs.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    return config, classes, model
