@@ -254,6 +254,12 @@ class EvaluationConfig(Section):
     multilabel_threshold: float = Field(0.5, gt=0.0, lt=1.0)
 
 
+class ExportConfig(Section):
+    enabled: bool = Field(False, description="Export a TF Serving SavedModel at the end of training.")
+    base_path: str = "saved_models"
+    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="Model name (default: run name).")
+
+
 # ----------------------------------------------------------------------------------------- the run
 class RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -270,6 +276,7 @@ class RunConfig(Section):
     training: TrainingConfig = TrainingConfig()
     distribute: DistributeConfig = DistributeConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -204,6 +204,12 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
         p.backbone.save_weights(str(run / "backbone.weights.h5"))
         metrics = evaluate_run(p, state.epochs, monitor.warnings, train_seconds)
         run.set_status("completed", train_seconds=round(train_seconds, 1))
+        if config.export.enabled:
+            from tfsft.export import export_run
+
+            target = export_run(run.path, config.export.base_path, config.export.name)
+            run.set_status("completed", exported=str(target))
+            print(f"Exported {target}", flush=True)
     return RunResult(run.path, metrics, state.epochs)
 
 

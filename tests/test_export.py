@@ -1,0 +1,178 @@
+"""Export contract: versioned layout, raw-input signatures, parity with Keras in a TF-only process, atomicity."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tfsft import export as export_module
+from tfsft.export import ExportError, export_run
+from tfsft.predict import main as predict_main
+from tfsft.trainer import train
+
+from conftest import REPO, image_config, text_config, validated
+
+# Runs in a fresh interpreter: imports only tensorflow + tensorflow_text, as TF Serving would have.
+CLIENT = r"""
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+path, signature, request_file = sys.argv[1:4]
+request = json.load(open(request_file))
+fn = tf.saved_model.load(path).signatures[signature]
+if signature == "serving_pixels":
+    inputs = {k: tf.constant(v, tf.float32) for k, v in request.items()}
+else:
+    inputs = {k: tf.constant([bytes.fromhex(x) for x in v]) for k, v in request.items()}
+out = fn(**inputs)
+print(json.dumps({k: (v.numpy().astype(str).tolist() if v.dtype == tf.string else v.numpy().tolist())
+                  for k, v in out.items()}))
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"keras_hub", "tfsft"})))
+"""
+
+
+def call_in_fresh_process(path, signature, request, tmp_path):
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(request))
+    result = subprocess.run([sys.executable, "-c", CLIENT, str(path), signature, str(request_file)],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == [], "the client process loaded KerasHub or tfsft"
+    return json.loads(lines[-2])
+
+
+def keras_probabilities(run_dir, modality_inputs):
+    import tfsft.layers  # noqa: F401
+
+    model = keras.saving.load_model(run_dir / "model.keras")
+    logits = model.predict(modality_inputs, verbose=0)
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, text_data):
+    tmp = tmp_path_factory.mktemp("text_export")
+    return train(validated(text_config(text_data, tmp, training={"epochs": 3})), verbose=0).run_dir
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory, digit_data):
+    tmp = tmp_path_factory.mktemp("image_export")
+    return train(validated(image_config(digit_data, tmp, training={"epochs": 2})), verbose=0).run_dir
+
+
+def test_text_export_answers_raw_strings_like_the_keras_model(tmp_path, text_run):
+    target = export_run(text_run, tmp_path / "saved_models", name="sentiment")
+    assert target == tmp_path / "saved_models" / "sentiment" / "1"
+    for name in ("saved_model.pb", "variables", "assets.extra/classes.json", "assets.extra/config.yaml",
+                 "assets.extra/metrics.json", "assets.extra/model_card.md", "assets.extra/tf_serving_warmup_requests"):
+        assert (target / name).exists(), name
+    config_text = (tmp_path / "saved_models" / "models.config").read_text()
+    assert 'name: "sentiment"' in config_text and "model_platform: \"tensorflow\"" in config_text
+
+    texts = ["what a great wonderful crew", "the worst flight my bag is broken", "gate seat today"]
+    out = call_in_fresh_process(target, "serving_default", {"text": [t.encode().hex() for t in texts]}, tmp_path)
+    assert out["class_name"][:2] == ["positive", "negative"]
+    assert len(out["top_k_class_names"][0]) == 2
+
+    # The same texts through the training-time pipeline and the Keras model.
+    from tfsft.data import Records
+    from tfsft.runs import load_run
+    from tfsft.tasks import get_modality
+
+    config, classes, model = load_run(text_run)
+    modality = get_modality(config, text_run)
+    records = Records({"text": texts}, ["positive"] * 3, [1, 2, 3], "inline")
+    modality.prepare(records)
+    modality.use_model_inputs(model)
+    batch, _ = next(iter(modality.dataset(records, np.zeros((3, 2), np.float32), False, 3)))
+    expected = keras_probabilities(text_run, batch)
+    np.testing.assert_allclose(np.array(out["probabilities"]), expected, atol=1e-5)
+
+
+def test_warmup_file_holds_a_predict_request(tmp_path, text_run):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    target = export_run(text_run, tmp_path / "sm", name="warm")
+    records = list(tf.data.TFRecordDataset(str(target / "assets.extra" / "tf_serving_warmup_requests")))
+    log = prediction_log_pb2.PredictionLog.FromString(records[0].numpy())
+    request = log.predict_log.request
+    assert request.model_spec.name == "warm" and request.model_spec.signature_name == "serving_default"
+    assert len(tf.make_ndarray(request.inputs["text"])) >= 1
+
+
+def test_image_export_answers_jpeg_and_png_bytes(tmp_path, image_run, digit_data):
+    import tensorflow as tf
+
+    target = export_run(image_run, tmp_path / "saved_models")
+    png = next(Path(digit_data["test"]).glob("digit_2/*.png"))
+    pixels = tf.io.decode_png(png.read_bytes(), channels=3)
+    jpeg = tf.io.encode_jpeg(pixels, quality=100).numpy()
+    out = call_in_fresh_process(target, "serving_default",
+                                {"image_bytes": [png.read_bytes().hex(), jpeg.hex()]}, tmp_path)
+    assert set(out["class_name"]) <= {"digit_0", "digit_1", "digit_2"}
+    expected = keras_probabilities(image_run, tf.cast(pixels, tf.float32)[None].numpy())
+    np.testing.assert_allclose(np.array(out["probabilities"][0]), expected[0], atol=1e-5)
+    pixels_out = call_in_fresh_process(target, "serving_pixels",
+                                       {"pixels": tf.cast(pixels, tf.float32)[None].numpy().tolist()}, tmp_path)
+    np.testing.assert_allclose(pixels_out["probabilities"][0], out["probabilities"][0], atol=1e-5)
+
+
+def test_versions_increase_and_existing_ones_are_never_touched(tmp_path, text_run):
+    base = tmp_path / "sm"
+    first = export_run(text_run, base, name="m", verify=False)
+    before = digest(first)
+    second = export_run(text_run, base, name="m", verify=False)
+    assert (first.name, second.name) == ("1", "2")
+    with pytest.raises(ExportError, match="already exists"):
+        export_run(text_run, base, name="m", version=1, verify=False)
+    assert digest(first) == before
+
+
+def test_failed_verification_leaves_no_version(tmp_path, text_run, monkeypatch):
+    monkeypatch.setattr(export_module, "VERIFY_TOLERANCE", -1.0)
+    with pytest.raises(ExportError, match="differ from the Keras model"):
+        export_run(text_run, tmp_path / "sm", name="bad")
+    assert not [p for p in (tmp_path / "sm" / "bad").iterdir()]
+
+
+def test_sigkill_during_export_leaves_no_new_version(tmp_path, text_run):
+    base = tmp_path / "sm"
+    existing = export_run(text_run, base, name="k", verify=False)
+    before = digest(existing)
+    command = [sys.executable, "-m", "tfsft.export", "--run", str(text_run), "--base-path", str(base), "--name", "k"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((base / "k").glob(".tmp-*/saved_model.pb")):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert sorted(p.name for p in (base / "k").iterdir() if p.name.isdigit()) == ["1"]
+    assert digest(existing) == before
+
+
+def test_predict_cli_prints_json_lines(tmp_path, text_run, capsys):
+    export_run(text_run, tmp_path / "sm", name="cli", verify=False)
+    code = predict_main(["--model", str(tmp_path / "sm" / "cli"), "so great and happy", "awful and broken"])
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["class_name"] for r in rows] == ["positive", "negative"]
+    assert rows[0]["input"] == "so great and happy" and len(rows[0]["probabilities"]) == 2
