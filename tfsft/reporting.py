@@ -1,6 +1,7 @@
 """Metrics, error analysis, plots and the Markdown report. No TensorFlow: arrays in, files out.
 
-Metrics come from scikit-learn (the reference implementations); plots from matplotlib's Agg backend.
+Metrics come from scikit-learn (the reference implementations); plots from matplotlib's Agg backend,
+imported only when a plot is drawn so that importing this module stays cheap and headless-safe.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import Optional
 import numpy as np
 
 EPS = 1e-7
+TASK_TYPES = ("classification", "multilabel", "regression")
 
 
 def _f(value) -> Optional[float]:
+    # NaN/inf are not valid JSON; None is, and reads as "undefined" in metrics.json and the report.
     if value is None:
         return None
     value = float(value)
@@ -25,6 +28,9 @@ def _f(value) -> Optional[float]:
 # ----------------------------------------------------------------------------------------- metrics
 def compute_metrics(task_type: str, y_true: np.ndarray, scores: np.ndarray, class_names: list[str],
                     threshold: float = 0.5) -> dict:
+    """JSON-serializable metrics. `scores` are probabilities (classification, multilabel) or values."""
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
     y_true, scores = np.asarray(y_true, dtype=np.float64), np.asarray(scores, dtype=np.float64)
     if task_type == "classification":
         return _classification(y_true, scores, class_names)
@@ -39,22 +45,22 @@ def _per_class(names, precision, recall, f1, support) -> dict:
 
 
 def _classification(y_true, probs, names) -> dict:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
+    # Explicit labels keep every class in the tables even when a small test split lacks some of them.
     labels = list(range(len(names)))
     true, pred = y_true.argmax(axis=-1), probs.argmax(axis=-1)
-    per_class = precision_recall_fscore_support(true, pred, labels=labels, zero_division=0)
     out = {"num_examples": int(len(true)), "class_names": list(names), "accuracy": _f(np.mean(true == pred))}
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(true, pred, labels=labels, average=average, zero_division=0)
         out.update({f"{average}_precision": _f(p), f"{average}_recall": _f(r), f"{average}_f1": _f(f)})
-    out["per_class"] = _per_class(names, *per_class)
+    out["per_class"] = _per_class(names, *precision_recall_fscore_support(true, pred, labels=labels,
+                                                                          zero_division=0))
     out["confusion_matrix"] = confusion_matrix(true, pred, labels=labels).tolist()
-    # Soft labels (label smoothing is not applied here, but MixUp-style targets could be) use the full distribution.
+    # Cross entropy against the full target row, so soft (MixUp-style) targets are scored correctly too.
     out["log_loss"] = _f(-np.mean(np.sum(y_true * np.log(np.clip(probs, EPS, 1.0)), axis=-1)))
-    if len(names) > 2:
-        top2 = np.argsort(-probs, axis=-1)[:, :2]
-        out["top_2_accuracy"] = _f(np.mean([t in row for t, row in zip(true, top2)]))
+    if len(names) > 2:  # with two classes top-2 accuracy is trivially 1
+        out["top_2_accuracy"] = _f(top_k_accuracy_score(true, probs, k=2, labels=labels))
     return out
 
 
@@ -69,6 +75,7 @@ def _multilabel(y_true, scores, names, threshold) -> dict:
         p, r, f, _ = precision_recall_fscore_support(truth, pred, average=average, zero_division=0)
         out.update({f"{average}_precision": _f(p), f"{average}_recall": _f(r), f"{average}_f1": _f(f)})
     out["per_class"] = _per_class(names, *precision_recall_fscore_support(truth, pred, zero_division=0))
+    # AUC is undefined for a label that is all-positive or all-negative in this split; skip, don't fail.
     scorable = [i for i in range(truth.shape[1]) if 0 < truth[:, i].sum() < len(truth)]
     out["macro_auc"] = _f(np.mean([roc_auc_score(truth[:, i], scores[:, i]) for i in scorable])) if scorable else None
     return out
@@ -78,7 +85,7 @@ def _regression(y_true, y_pred) -> dict:
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     mse = mean_squared_error(y_true, y_pred)
-    constant = np.std(y_true) == 0 or np.std(y_pred) == 0
+    constant = np.std(y_true) == 0 or np.std(y_pred) == 0  # correlation is undefined, not zero
     return {"num_examples": int(len(y_true)), "mae": _f(mean_absolute_error(y_true, y_pred)), "mse": _f(mse),
             "rmse": _f(math.sqrt(mse)), "r2": _f(r2_score(y_true, y_pred)) if len(y_true) > 1 else None,
             "pearson": None if constant else _f(np.corrcoef(y_true, y_pred)[0, 1])}
@@ -104,6 +111,7 @@ def worst_examples(task_type: str, y_true, scores, class_names: list[str], descr
     y_true, scores = np.asarray(y_true), np.asarray(scores)
     losses = example_losses(task_type, y_true, scores)
     rows = []
+    # Stable sort so that ties keep dataset order and the CSV is reproducible.
     for index in np.argsort(-losses, kind="stable")[:k]:
         index = int(index)
         row = {**describe[index], "index": index}
@@ -134,7 +142,7 @@ def write_csv(rows: list[dict], path) -> None:
 def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # never open a window or need a display, e.g. on a training server
     import matplotlib.pyplot as plt
 
     return plt
@@ -143,34 +151,41 @@ def _pyplot():
 MAIN_METRICS = ("accuracy", "macro_f1", "mae", "auc", "rmse")
 
 
+def _series(history: list[dict], key: str) -> np.ndarray:
+    # A metric can be missing from some epochs (e.g. validation only every n epochs) or stored as null.
+    return np.array([np.nan if e.get(key) is None else float(e[key]) for e in history], dtype=np.float64)
+
+
 def plot_history(history: list[dict], path) -> None:
     plt = _pyplot()
     epochs = np.arange(1, len(history) + 1)
+    # Without markers a single epoch (or a gap-separated point) would draw nothing.
     marker = "o" if len(history) < 30 else None
-    metric = next((m for m in MAIN_METRICS if any(m in e for e in history)), None)
+    metric = next((m for m in MAIN_METRICS if any(m in e or f"val_{m}" in e for e in history)), None)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
 
-    def series(ax, key, label):
-        values = [e.get(key, np.nan) for e in history]
-        if not np.all(np.isnan(values)):
-            ax.plot(epochs, values, marker=marker, label=label)
-
-    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], metric, metric or "metric")):
-        if key:
-            series(ax, key, "train")
-            series(ax, f"val_{key}", "validation")
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
+    for ax, key in ((axes[0], "loss"), (axes[1], metric)):
+        for name, label in ((key, "train"), (f"val_{key}", "validation")):
+            values = _series(history, name) if key else np.array([np.nan])
+            if not np.all(np.isnan(values)):
+                ax.plot(epochs, values, marker=marker, label=label)
+        ax.set_title(key or "metric")
         if ax.lines:
             ax.legend()
-        ax.grid(alpha=0.3)
-    lrs = [e.get("learning_rate", np.nan) for e in history]
-    axes[2].plot(epochs, lrs, marker=marker, color="tab:green")
-    if all(v > 0 for v in lrs if not np.isnan(v)) and not np.all(np.isnan(lrs)):
-        axes[2].set_yscale("log")
+    lrs = _series(history, "learning_rate")
+    known = lrs[~np.isnan(lrs)]
+    if known.size:
+        axes[2].plot(epochs, lrs, marker=marker, color="tab:green")
+        if np.all(known > 0):
+            axes[2].set_yscale("log")
     axes[2].set_title("learning rate (end of epoch)")
-    axes[2].set_xlabel("epoch")
-    axes[2].grid(alpha=0.3)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="grey")
+        if len(history):
+            ax.set_xticks(epochs if len(history) <= 20 else np.linspace(1, len(history), 10, dtype=int))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -180,24 +195,31 @@ def plot_confusion_matrix(matrix, class_names: list[str], path, normalize: bool 
     plt = _pyplot()
     matrix = np.asarray(matrix, dtype=np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
+    # Row-normalizing shows per-class recall, which stays readable when classes are imbalanced.
     shown = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0) if normalize else matrix
     n = len(class_names)
     size = max(4.0, min(0.6 * n + 2.5, 18.0))
     font = 10 if n <= 10 else max(5, 10 - (n - 10) // 4)
     fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
+    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else max(float(shown.max()), 1.0))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(n), class_names, rotation=45 if max(map(len, class_names)) > 4 else 0, ha="right",
+    rotate = max(map(len, class_names), default=0) > 4
+    ax.set_xticks(range(n), class_names, rotation=45 if rotate else 0, ha="right" if rotate else "center",
                   fontsize=font)
     ax.set_yticks(range(n), class_names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    dark = 0.6 * (1.0 if normalize else float(shown.max() or 1.0))
     for i in range(n):
         for j in range(n):
-            colour = "white" if shown[i, j] > 0.6 else "black"
-            ax.text(j, i, f"{shown[i, j]:.2f}\n({int(matrix[i, j])})", ha="center", va="center",
-                    fontsize=font - 1, color=colour)
-    ax.set_title("Confusion matrix (rows: true, normalized)" if normalize else "Confusion matrix")
+            colour = "white" if shown[i, j] > dark else "black"
+            if normalize:
+                ax.text(j, i - 0.12, f"{shown[i, j]:.2f}", ha="center", va="center", fontsize=font - 1, color=colour)
+                ax.text(j, i + 0.22, f"({int(matrix[i, j])})", ha="center", va="center", fontsize=max(font - 3, 4),
+                        color=colour)
+            else:
+                ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=font - 1, color=colour)
+    ax.set_title("Confusion matrix (rows: true, normalized)" if normalize else "Confusion matrix (rows: true)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -208,18 +230,21 @@ def _fmt(value) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
+        # Learning rates like 2e-05 would print as 0.0000 with fixed decimals.
         return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-    return str(value)
+    return str(value).replace("|", "\\|")  # a literal pipe would split the Markdown cell
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(_fmt(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
     return lines + [""]
 
 
 HEADLINES = ("accuracy", "macro_f1", "weighted_f1", "top_2_accuracy", "log_loss", "subset_accuracy", "micro_f1",
              "macro_auc", "hamming_loss", "mae", "rmse", "r2", "pearson")
+HISTORY_KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "macro_f1", "val_macro_f1", "auc", "val_auc", "mae",
+                "val_mae", "learning_rate")
 
 
 def render_report(run_name: str, metrics: dict, config_summary: dict, history: list[dict], warnings: list[str],
@@ -235,18 +260,18 @@ def render_report(run_name: str, metrics: dict, config_summary: dict, history: l
                         [[name, m["precision"], m["recall"], m["f1"], m["support"]]
                          for name, m in metrics["per_class"].items()])
     names = metrics.get("class_names", [])
+    # Wider tables stop being readable in Markdown; the PNG covers those.
     if metrics.get("confusion_matrix") and len(names) <= 20:
         lines += ["## Confusion matrix (rows: true, columns: predicted)", ""]
         lines += _table(["true \\ predicted", *names],
                         [[name, *row] for name, row in zip(names, metrics["confusion_matrix"])])
     if history:
-        keys = [k for k in ("loss", "val_loss", "accuracy", "val_accuracy", "macro_f1", "val_macro_f1", "mae",
-                            "val_mae", "learning_rate") if any(k in e for e in history)]
+        keys = [k for k in HISTORY_KEYS if any(k in e for e in history)]
         lines += ["## Training history", ""]
         lines += _table(["epoch", *keys], [[i + 1, *[e.get(k) for k in keys]] for i, e in enumerate(history)])
     lines += ["## Warnings", ""]
     lines += [f"- {w}" for w in warnings] or ["- none"]
-    lines += ["", f"Bad records skipped: {bad_records} (see `bad_records.csv`).", ""]
+    lines += ["", f"Bad records skipped: {bad_records}" + (" (see `bad_records.csv`)." if bad_records else "."), ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     lines += ["## Configuration", ""] + _table(["key", "value"], [[k, v] for k, v in config_summary.items()])
