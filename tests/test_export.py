@@ -106,6 +106,28 @@ def test_text_export_answers_raw_strings_like_the_keras_model(tmp_path, text_run
     np.testing.assert_allclose(np.array(out["probabilities"]), expected, atol=1e-5)
 
 
+def test_real_tf_serving_launch_over_the_same_folder(tmp_path, text_run):
+    base = tmp_path / "saved_models"
+    export_run(text_run, base, name="sentiment")
+    export_run(text_run, base, name="other")
+    docker_config = (base / "models.docker.config").read_text()
+    assert 'base_path: "/models/sentiment"' in docker_config and 'base_path: "/models/other"' in docker_config
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "serve_tfserving.sh"
+    env = {**os.environ, "DRY_RUN": "1", "TFSERVING_IMAGE": "tensorflow/serving:test"}
+    one = subprocess.run([str(script), str(base / "sentiment")], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    assert f"{base / 'sentiment'}:/models/sentiment:ro" in one.stdout
+    assert "--model_name=sentiment --model_base_path=/models/sentiment" in one.stdout
+    assert "tensorflow/serving:test" in one.stdout and "exported with: tensorflow 2." in one.stdout
+    every = subprocess.run([str(script), str(base)], capture_output=True, text=True, env=env)
+    assert every.returncode == 0, every.stderr
+    assert "--model_config_file=/models/models.docker.config" in every.stdout
+    assert "127.0.0.1:8501:8501" in every.stdout
+    wrong = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True, env=env)
+    assert wrong.returncode == 2 and "python -m tfsft.export" in wrong.stderr
+
+
 def test_warmup_file_holds_a_predict_request(tmp_path, text_run):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2

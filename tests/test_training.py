@@ -207,7 +207,7 @@ def test_text_end_to_end_learns_and_writes_the_run_directory(tmp_path, text_data
 def test_image_end_to_end_with_augmentation(tmp_path, digit_data):
     config = validated(image_config(digit_data, tmp_path, image={"augment": {
         "flip": "none", "rotation": 0.02, "crop_padding": 2, "mixup_alpha": 0.2}},
-        training={"epochs": 4}))
+        training={"epochs": 8}))
     result = train(config, verbose=0)
     losses = [e["loss"] for e in result.history]
     assert losses[-1] < losses[0]

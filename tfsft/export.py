@@ -48,21 +48,36 @@ def next_version(model_dir: Path) -> int:
     return versions[-1] + 1 if versions else 1
 
 
-def write_models_config(base: Path) -> Path:
-    """TF Serving's `--model_config_file` (text format) listing every model under `base`."""
-    entries = []
-    for model_dir in sorted(p for p in base.iterdir() if p.is_dir() and existing_versions(p)):
-        entries.append(
-            "  config {\n"
-            f'    name: "{model_dir.name}"\n'
-            f'    base_path: "{model_dir.resolve()}"\n'
-            '    model_platform: "tensorflow"\n'
-            "  }\n")
-    text = "model_config_list {\n" + "".join(entries) + "}\n"
-    target = base / "models.config"
-    tmp = base / ".models.config.tmp"
+DOCKER_MODEL_ROOT = "/models"  # where scripts/serve_tfserving.sh and docker-compose.yml mount saved_models/
+
+
+def _config_text(entries: list[tuple[str, str]]) -> str:
+    body = "".join("  config {\n"
+                   f'    name: "{name}"\n'
+                   f'    base_path: "{base_path}"\n'
+                   '    model_platform: "tensorflow"\n'
+                   "  }\n" for name, base_path in entries)
+    return "model_config_list {\n" + body + "}\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
-    tmp.replace(target)
+    tmp.replace(path)
+
+
+def write_models_config(base: Path) -> Path:
+    """TF Serving's `--model_config_file` (text format) listing every model under `base`.
+
+    Two copies: `models.config` with this machine's absolute paths (for `tfsft.serve` or a local
+    tensorflow_model_server) and `models.docker.config` with the paths inside the tensorflow/serving container,
+    where `base` is mounted at /models.
+    """
+    models = sorted(p for p in base.iterdir() if p.is_dir() and existing_versions(p))
+    _write_atomic(base / "models.docker.config",
+                  _config_text([(m.name, f"{DOCKER_MODEL_ROOT}/{m.name}") for m in models]))
+    target = base / "models.config"
+    _write_atomic(target, _config_text([(m.name, str(m.resolve())) for m in models]))
     return target
 
 
