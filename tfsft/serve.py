@@ -815,6 +815,8 @@ def call_signature(servable: Servable, signature: str, arrays: dict[str, np.ndar
 
 # ======================================================================================= HTTP
 REGISTRY_KEY = web.AppKey("registry", ModelRegistry)
+INLINE_JSON_BYTES = 16 * 1024  # request bodies up to this size are parsed on the event loop
+INLINE_OUTPUT_VALUES = 4096  # responses with up to this many output values are formatted on the event loop
 
 
 def _error_response(status: int, message: str, headers: Optional[dict] = None) -> web.Response:
@@ -849,18 +851,24 @@ class RestApi:
         version = int(match["version"]) if "version" in match else None
         return match["name"], version, match.get("label")
 
+    async def _cpu(self, small: bool, fn, *args):
+        # A thread hop costs more than parsing or formatting a small request; only big ones leave the loop.
+        return fn(*args) if small else await self._offload(fn, *args)
+
     async def predict(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        body = await self._offload(parse_json_body, raw)  # JSON first, then the model: TF Serving's order
+        small = len(raw) <= INLINE_JSON_BYTES
+        body = await self._cpu(small, parse_json_body, raw)  # JSON first, then the model: TF Serving's order
         servable = self.registry.get(*self._model_spec(request))
         signature = body.get("signature_name") or DEFAULT_SIGNATURE
         specs = signature_inputs(servable, signature)
-        arrays, row_format = await self._offload(request_arrays, body, specs)
+        arrays, row_format = await self._cpu(small, request_arrays, body, specs)
         if self.batcher is not None and Batcher.can_batch(arrays):
             outputs = await self.batcher.submit(servable, signature, arrays)
         else:
             outputs = await self._call(servable, signature, arrays)
-        text = await self._offload(format_response, outputs, row_format)
+        small_output = sum(np.asarray(v).size for v in outputs.values()) <= INLINE_OUTPUT_VALUES
+        text = await self._cpu(small_output, format_response, outputs, row_format)
         return web.Response(text=text, content_type="application/json")
 
     async def status(self, request: web.Request) -> web.Response:
@@ -973,6 +981,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="larger request bodies get 413 (default 64 MiB)")
     parser.add_argument("--poll-seconds", type=float, default=2.0,
                         help="how often to look for new or removed versions; 0 turns it off (default 2)")
+    parser.add_argument("--access-log", action="store_true", help="log every request (off by default, as in TF "
+                        "Serving: a line per request costs throughput)")
     parser.add_argument("--batching", action="store_true", help="merge concurrent predict requests into one call")
     parser.add_argument("--max-batch-size", type=_positive(int), default=64, help="rows per merged call (default 64)")
     parser.add_argument("--batch-timeout-ms", type=_positive(float), default=2.0,
@@ -1016,7 +1026,8 @@ def _serve(args) -> None:
     batching = {"max_batch_size": args.max_batch_size, "timeout_ms": args.batch_timeout_ms} if args.batching else None
     app = make_app(registry, args.max_body_bytes, batching, args.poll_seconds)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=lambda message: log.info(message.strip()))
+        web.run_app(app, host=args.host, port=args.port, print=lambda message: log.info(message.strip()),
+                    access_log=logging.getLogger("aiohttp.access") if args.access_log else None)
     except OSError as exc:
         raise ServeConfigError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Another server "
                                f"may be using the port; pick a free one with --port.") from None
