@@ -198,3 +198,17 @@ def test_predict_cli_prints_json_lines(tmp_path, text_run, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["class_name"] for r in rows] == ["positive", "negative"]
     assert rows[0]["input"] == "so great and happy" and len(rows[0]["probabilities"]) == 2
+
+
+def test_models_config_lists_only_savedmodel_folders(tmp_path):
+    base = tmp_path / "saved_models"
+    (base / "sentiment" / "3").mkdir(parents=True)
+    (base / "sentiment" / "3" / "saved_model.pb").write_bytes(b"")
+    (base / "sentiment-onnx" / "1").mkdir(parents=True)
+    (base / "sentiment-onnx" / "1" / "model.onnx").write_bytes(b"")
+    (base / "half-written" / ".tmp-1").mkdir(parents=True)
+    export_module.write_models_config(base)
+    for name in ("models.config", "models.docker.config"):
+        text = (base / name).read_text()
+        assert 'name: "sentiment"' in text
+        assert "onnx" not in text and "half-written" not in text

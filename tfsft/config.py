@@ -260,6 +260,55 @@ class ExportConfig(Section):
     name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="Model name (default: run name).")
 
 
+# ----------------------------------------------------------------------------------------- tune
+class TuneParameter(Section):
+    """One searched config field. `when` makes it conditional: only tuned (and applied) while every named
+    field holds one of the listed values, e.g. `freeze.last_n` only `when: {freeze.strategy: [last_n]}`."""
+
+    type: Literal["float", "int", "choice"]
+    min: Optional[float] = None
+    max: Optional[float] = None
+    sampling: Literal["linear", "log"] = "linear"
+    step: Optional[float] = Field(None, gt=0, description="int: step between values; float: optional grid step.")
+    values: Optional[list[Union[bool, int, float, str]]] = Field(None, min_length=1)
+    when: dict[str, list[Union[bool, int, float, str]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.type == "choice":
+            if not self.values or self.min is not None or self.max is not None:
+                raise ValueError("a choice parameter needs `values` (a list) and no min/max")
+        else:
+            if self.min is None or self.max is None or self.values is not None:
+                raise ValueError(f"a {self.type} parameter needs `min` and `max` and no `values`")
+            if self.min >= self.max:
+                raise ValueError(f"min ({self.min}) must be smaller than max ({self.max})")
+            if self.sampling == "log" and self.min <= 0:
+                raise ValueError(f"log sampling needs min > 0, got {self.min}")
+            if self.type == "int" and (self.min != int(self.min) or self.max != int(self.max)):
+                raise ValueError("an int parameter needs whole-number min and max")
+        return self
+
+
+class TuneConfig(Section):
+    tuner: Literal["random", "bayesian", "hyperband", "grid"] = "random"
+    objective: str = Field("val_loss", description="A validation metric logged in history, e.g. val_macro_f1.")
+    direction: Literal["auto", "min", "max"] = Field("auto", description="auto: min for losses/errors, else max.")
+    max_trials: int = Field(10, ge=1, le=100_000)
+    executions_per_trial: int = Field(1, ge=1, le=100, description="Trainings per trial (different seeds), averaged.")
+    max_epochs: Optional[int] = Field(None, ge=1, description="hyperband: the epoch budget of the longest trial "
+                                                              "(default training.epochs).")
+    hyperband_factor: int = Field(3, ge=2)
+    seed: Optional[int] = Field(None, description="Seed of the search (default: the run's seed).")
+    space: dict[str, TuneParameter] = Field(..., min_length=1, description="Dotted config field -> parameter.")
+
+    def objective_direction(self) -> str:
+        if self.direction != "auto":
+            return self.direction
+        lowered = self.objective.lower()
+        return "min" if any(word in lowered for word in ("loss", "error", "mae", "mse", "rmse")) else "max"
+
+
 # ----------------------------------------------------------------------------------------- the run
 class RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -277,6 +326,7 @@ class RunConfig(Section):
     distribute: DistributeConfig = DistributeConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     export: ExportConfig = ExportConfig()
+    tune: Optional[TuneConfig] = Field(None, description="Search space and tuner of `python -m tfsft.tune`.")
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -284,6 +334,12 @@ class RunConfig(Section):
             raise ValueError("MixUp/CutMix mix class labels: they need task.type classification or multilabel")
         if self.data.format == "image_folder" and self.task.modality != "image":
             raise ValueError("data.format image_folder needs task.modality: image")
+        if self.tune is not None:
+            for name, parameter in self.tune.space.items():
+                for field_name in (name, *parameter.when):
+                    problem = tunable_field_problem(field_name)
+                    if problem:
+                        raise ValueError(f"tune.space: {problem}")
         return self
 
     def to_dict(self) -> dict:
@@ -374,6 +430,25 @@ def _model_at(path: tuple, root: type[BaseModel]) -> Optional[type[BaseModel]]:
         else:
             return None
     return model
+
+
+def tunable_field_problem(dotted: str) -> Optional[str]:
+    """Why `dotted` cannot be searched (None if it can): it must name an existing, non-section config field."""
+    parts = dotted.split(".")
+    if parts[0] == "tune":
+        return f"'{dotted}' belongs to the tune section itself, which cannot be searched."
+    parent = _model_at(tuple(parts[:-1]), RunConfig) if len(parts) > 1 else RunConfig
+    fields = parent.model_fields if parent is not None else {}
+    if parts[-1] not in fields:
+        valid = sorted(fields) if parent is not None else sorted(RunConfig.model_fields)
+        prefix = ".".join(parts[:-1]) if parent is not None else ""
+        guess = difflib.get_close_matches(parts[-1] if parent is not None else parts[0], valid, n=1, cutoff=0.5)
+        hint = f" Did you mean '{prefix + '.' if prefix else ''}{guess[0]}'?" if guess else ""
+        return f"'{dotted}' is not a config field.{hint}"
+    sub = _model_at(tuple(parts), RunConfig)
+    if sub is not None and sub is not parent:
+        return f"'{dotted}' is a whole section; search one of its fields, e.g. '{dotted}.{next(iter(sub.model_fields))}'."
+    return None
 
 
 def _describe(error: dict) -> str:

@@ -48,6 +48,11 @@ def next_version(model_dir: Path) -> int:
     return versions[-1] + 1 if versions else 1
 
 
+def _has_saved_model(model_dir: Path) -> bool:
+    # Only SavedModel versions belong in TF Serving's config: `<name>-onnx/` folders hold model.onnx instead.
+    return any((model_dir / str(v) / "saved_model.pb").is_file() for v in existing_versions(model_dir))
+
+
 DOCKER_MODEL_ROOT = "/models"  # where scripts/serve_tfserving.sh and docker-compose.yml mount saved_models/
 
 
@@ -73,7 +78,7 @@ def write_models_config(base: Path) -> Path:
     tensorflow_model_server) and `models.docker.config` with the paths inside the tensorflow/serving container,
     where `base` is mounted at /models.
     """
-    models = sorted(p for p in base.iterdir() if p.is_dir() and existing_versions(p))
+    models = sorted(p for p in base.iterdir() if p.is_dir() and _has_saved_model(p))
     _write_atomic(base / "models.docker.config",
                   _config_text([(m.name, f"{DOCKER_MODEL_ROOT}/{m.name}") for m in models]))
     target = base / "models.config"
@@ -313,12 +318,22 @@ def main(argv=None) -> int:
     parser.add_argument("--name", help="Model name (default: the run's name).")
     parser.add_argument("--version", type=int, help="Version number (default: the next free one).")
     parser.add_argument("--no-verify", action="store_true", help="Skip the fresh-process reload check.")
+    parser.add_argument("--format", choices=("savedmodel", "onnx"), default="savedmodel",
+                        help="savedmodel (default): TF Serving, preprocessing inside. onnx: <name>-onnx/<version>/"
+                             "model.onnx for Triton/onnxruntime, preprocessing left to the client (tfsft.onnx_export).")
     args = parser.parse_args(argv)
+    if args.format == "onnx" and args.no_verify:
+        parser.error("--no-verify is for --format savedmodel; the ONNX export is always verified.")
     quiet_tensorflow()
     setup_logging()
 
     def run():
-        target = export_run(args.run, args.base_path, args.name, args.version, verify=not args.no_verify)
+        if args.format == "onnx":
+            from tfsft.onnx_export import export_onnx
+
+            target = export_onnx(args.run, args.base_path, args.name, args.version)
+        else:
+            target = export_run(args.run, args.base_path, args.name, args.version, verify=not args.no_verify)
         print(f"Exported {target}")
 
     return run_main(run)

@@ -1,0 +1,348 @@
+"""Export a run's Keras model as ONNX, laid out for Triton's model repository or plain onnxruntime.
+
+`<base_path>/<name>-onnx/<version>/model.onnx`: unlike the SavedModel export, the graph holds the Keras
+model only. ONNX has no ops for the WordPiece tokenizer (TF Text) or for image decoding, so a client
+sends already-preprocessed tensors (text: token ids / segment ids / padding mask; images: float32
+pixels of the training size, normalized inside the model). `preprocessing.json` beside the model says
+exactly what the client must do; `classes.json`, `config.yaml` and (text) `vocab.txt` travel with it.
+
+The version folder is built under a temporary name beside its target, verified with onnxruntime against
+the Keras model on real examples, and only then renamed into place: a failed export leaves no version,
+and an existing version is never modified. This module never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from tfsft.export import VERIFY_EXAMPLES, ExportError, existing_versions, next_version
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+DIR_SUFFIX = "-onnx"  # beside the SavedModel folder of the same name under one base path
+# onnxruntime and TensorFlow order float32 reductions differently; 1e-4 on logits is far below any decision.
+VERIFY_TOLERANCE = 1e-4
+INSTALL_HINT = 'pip install -e ".[onnx]"'
+
+
+# ----------------------------------------------------------------------------------------- dependencies
+def require_onnx_packages() -> None:
+    """tf2onnx converts, onnxruntime verifies; both come with the optional `onnx` extra."""
+    for package in ("tf2onnx", "onnxruntime", "onnx"):
+        try:
+            importlib.import_module(package)
+        except ImportError as exc:
+            raise ExportError(f"The ONNX export needs the packages tf2onnx and onnxruntime, and '{package}' cannot "
+                              f"be imported ({_first_line(exc)}). "
+                              f"Install them with: {INSTALL_HINT}") from None
+
+
+# ----------------------------------------------------------------------------------------- model
+def float32_model(model) -> tuple:
+    """(the model, "float32"), or (a float32 copy, the mixed policy) for a run trained under mixed precision.
+
+    tf2onnx turns bfloat16/float16 compute into graphs onnxruntime refuses to load (mixed types in one op),
+    and clients feed float32 anyway. Variables are float32 under mixed precision, so the weights carry over.
+    """
+    config = model.get_config()
+    mixed = sorted(_mixed_policies(config))
+    if not mixed:
+        return model, "float32"
+    import tfsft.layers  # noqa: F401  (registers tfsft's layers for from_config)
+
+    copy = model.__class__.from_config(_float32_policies(config))
+    copy.set_weights(model.get_weights())
+    log.info("The run was trained under %s; the ONNX model computes in float32.", mixed[0])
+    return copy, mixed[0]
+
+
+def _mixed_name(config: dict) -> Optional[str]:
+    """The policy name when `config` is a serialized mixed-precision DTypePolicy (as in `get_config()`)."""
+    policy = config.get("config") if config.get("class_name") == "DTypePolicy" else None
+    name = str(policy.get("name", "")) if isinstance(policy, dict) else ""
+    return name if name.startswith("mixed_") else None
+
+
+def _mixed_policies(config) -> set[str]:
+    if isinstance(config, dict):
+        own = {_mixed_name(config)} - {None}
+        return own.union(*map(_mixed_policies, config.values()))
+    if isinstance(config, list):
+        return set().union(*map(_mixed_policies, config))
+    return set()
+
+
+def _float32_policies(config):
+    if isinstance(config, dict):
+        if _mixed_name(config):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32_policies(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(value) for value in config]
+    return config
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def convert(model, path: Path) -> None:
+    """Keras 3's own ONNX export (tf2onnx on the model's concrete function); the model must have been called."""
+    # tf2onnx logs every rewrite at INFO and its numpy-2 shim warns; neither helps a user.
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.export(str(path), format="onnx", verbose=False)
+    except Exception as exc:  # tf2onnx raises anything from KeyError to ValueError on an op it cannot map
+        raise ExportError(f"tf2onnx cannot convert this model to ONNX: {_first_line(exc)}. The SavedModel export "
+                          f"(--format savedmodel, the default) handles every model tfsft trains; use it with TF "
+                          f"Serving or `python -m tfsft.serve`.") from exc
+    if not path.is_file():
+        raise ExportError(f"tf2onnx finished without writing {path.name}. The SavedModel export "
+                          f"(--format savedmodel, the default) works for this model.")
+
+
+def name_tensors(path: Path, output_name: str, dynamic_axes: dict[int, str]) -> None:
+    """Readable names where tf2onnx leaves `Identity:0` and `unk__123`: Triton configs and clients refer to them."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    old = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [output_name if n == old else n for n in node.output]
+        node.input[:] = [output_name if n == old else n for n in node.input]
+    graph.output[0].name = output_name
+    for value in [*graph.input, *graph.output]:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if not dim.HasField("dim_value") and axis in dynamic_axes:
+                dim.dim_param = dynamic_axes[axis]
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def session(path: Path):
+    import onnxruntime
+
+    try:
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportError(f"tf2onnx wrote an ONNX model that onnxruntime cannot load: {_first_line(exc)}. The "
+                          f"SavedModel export (--format savedmodel, the default) works for this model.") from exc
+
+
+def _tensor_info(arg) -> dict:
+    dtype = arg.type.removeprefix("tensor(").removesuffix(")")
+    return {"name": arg.name, "dtype": {"float": "float32", "double": "float64"}.get(dtype, dtype),
+            "shape": [d if isinstance(d, int) else (d or None) for d in arg.shape]}
+
+
+# ----------------------------------------------------------------------------------------- verification
+def verification_batch(modality, records, count: int = VERIFY_EXAMPLES):
+    """Real examples through the run's own evaluation pipeline: exactly what the Keras model sees."""
+    subset = records.subset(range(min(count, len(records))))
+    targets = np.zeros((len(subset), 1), np.float32)
+    features, _ = next(iter(modality.dataset(subset, targets, training=False, batch_size=len(subset))))
+    if isinstance(features, dict):
+        return {name: value.numpy() for name, value in features.items()}
+    return features.numpy()
+
+
+def onnx_feed(ort_session, batch) -> dict:
+    if isinstance(batch, dict):
+        return {arg.name: np.asarray(batch[arg.name]) for arg in ort_session.get_inputs()}
+    return {ort_session.get_inputs()[0].name: np.asarray(batch)}
+
+
+def max_difference(ort_session, model, batch) -> float:
+    """Largest |ONNX - Keras| over the model outputs (logits or values) of one batch, in float32."""
+    expected = np.asarray(model(batch, training=False), np.float32)
+    got = ort_session.run(None, onnx_feed(ort_session, batch))[0]
+    return float(np.max(np.abs(got.astype(np.float32) - expected)))
+
+
+# ----------------------------------------------------------------------------------------- side files
+def _outputs_doc(config, class_names: list[str]) -> dict:
+    task = config.task.type
+    meaning = {
+        "classification": "logits, one per class in classes.json order; softmax gives probabilities",
+        "multilabel": f"logits, one per class in classes.json order; sigmoid >= "
+                      f"{config.evaluation.multilabel_threshold} marks a label",
+        "regression": "the predicted value (one column)",
+    }[task]
+    return {"meaning": meaning, "classes_file": "classes.json", "num_classes": len(class_names)}
+
+
+def text_preprocessing(config, modality, folder: Path) -> dict:
+    """Tokenizer and packing a client must reproduce; writes the vocabulary file(s) into `folder`."""
+    from keras_hub.tokenizers import WordPieceTokenizer
+
+    tokenizer = modality.tokenizer
+    if isinstance(tokenizer, WordPieceTokenizer):
+        (folder / "vocab.txt").write_text("".join(f"{token}\n" for token in tokenizer.get_vocabulary()),
+                                          encoding="utf-8")
+        files = ["vocab.txt"]
+        details = {"algorithm": "wordpiece", "lowercase": tokenizer.lowercase,
+                   "strip_accents": tokenizer.strip_accents, "split_on_cjk": tokenizer.split_on_cjk,
+                   "suffix_indicator": tokenizer.suffix_indicator, "unknown_token": tokenizer.oov_token}
+    else:  # BPE / SentencePiece presets: their own asset files, described by their Keras config
+        before = set(os.listdir(folder))
+        tokenizer.save_assets(str(folder))
+        files = sorted(set(os.listdir(folder)) - before)
+        details = {"lowercase": getattr(tokenizer, "lowercase", None),
+                   "config": {k: v for k, v in tokenizer.get_config().items() if isinstance(v, (str, int, bool))}}
+    special = {role: {"token": getattr(tokenizer, f"{role}_token"), "id": int(getattr(tokenizer, f"{role}_token_id"))}
+               for role in ("start", "end", "pad") if getattr(tokenizer, f"{role}_token", None) is not None}
+    columns = [config.data.text_column] + ([config.data.text_pair_column] if config.data.text_pair_column else [])
+    return {
+        "tokenizer": {"kind": type(tokenizer).__name__, "vocabulary_files": files, **details,
+                      "reference": f"keras_hub.models.{type(tokenizer).__name__} with these settings"},
+        "max_length": config.text.max_length,
+        "special_tokens": special,
+        "text_fields": columns,
+        "packing": {
+            "layout": "start + text + end" + (" + text_pair + end" if len(columns) > 1 else ""),
+            "truncate": "round_robin: the max_length budget left after start/end tokens goes one token at a time to "
+                        "each segment in turn (text first); each segment keeps its first tokens",
+            "token_ids": "pad with the pad id at the end; every row of a batch the same length, at most max_length "
+                         "(max_length always works; the trailing padding does not change the outputs)",
+            "segment_ids": "0 for start, text and its end token (and padding); 1 for text_pair and its end token",
+            "padding_mask": "1 for real tokens (including start/end), 0 for padding",
+            "reference": "keras_hub.layers.MultiSegmentPacker(sequence_length=max_length, start_value=start id, "
+                         "end_value=end id, pad_value=pad id, truncate='round_robin')",
+        },
+    }
+
+
+def image_preprocessing(config, modality) -> dict:
+    height, width = modality.size
+    return {
+        "size": [height, width],
+        "channels": modality.channels,
+        "color": "RGB" if modality.channels == 3 else "grayscale",
+        "layout": "NHWC: [batch, height, width, channels]",
+        "dtype": "float32",
+        "value_range": [0, 255],
+        "steps": [
+            f"decode the image (JPEG/PNG/BMP/GIF) to {modality.channels} channel(s) of uint8",
+            f"resize to {height}x{width} (bilinear with antialiasing, tf.image.resize(..., antialias=True))",
+            "round to whole numbers, clip to 0..255, cast to float32",
+        ],
+        "normalization": f"'{modality.normalization()}' is applied inside the model: do not normalize",
+        "reference": "tfsft.tasks.image.decode_and_resize",
+    }
+
+
+def preprocessing_doc(config, modality, ort_session, folder: Path) -> dict:
+    text = config.task.modality == "text"
+    return {
+        "format": "onnx",
+        "modality": config.task.modality,
+        "preprocessing_inside_model": False,
+        **(text_preprocessing(config, modality, folder) if text else image_preprocessing(config, modality)),
+        "inputs": [_tensor_info(arg) for arg in ort_session.get_inputs()],
+        "outputs": [_tensor_info(arg) for arg in ort_session.get_outputs()],
+    }
+
+
+def write_side_files(folder: Path, run_dir: Path, config, class_names: list[str], modality, ort_session,
+                     export_info: dict) -> None:
+    """What a client needs beside model.onnx: preprocessing.json (+ vocabulary), classes, config, export record."""
+    preprocessing = preprocessing_doc(config, modality, ort_session, folder)
+    preprocessing["outputs"][0].update(_outputs_doc(config, class_names))
+    (folder / "preprocessing.json").write_text(json.dumps(preprocessing, indent=1))
+    (folder / "classes.json").write_text(json.dumps(class_names, indent=1))
+    shutil.copy(run_dir / "config.yaml", folder / "config.yaml")
+    (folder / "export.json").write_text(json.dumps(export_info, indent=1))
+    for file in folder.iterdir():
+        file.chmod(0o644)
+
+
+def _versions_info() -> dict:
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def _opset(path: Path) -> Optional[int]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+# ----------------------------------------------------------------------------------------- export
+def export_onnx(run_dir: str | Path, base_path: str | Path = "saved_models", name: Optional[str] = None,
+                version: Optional[int] = None) -> Path:
+    require_onnx_packages()
+    from tfsft.data import load_splits
+    from tfsft.runs import load_run
+    from tfsft.tasks import get_modality
+
+    run_dir = Path(run_dir)
+    config, class_names, model = load_run(run_dir)
+    name = (name or config.name) + DIR_SUFFIX
+    model_dir = Path(base_path) / name
+    if version is not None and version in existing_versions(model_dir):
+        raise ExportError(f"Version {version} of '{name}' already exists in {model_dir}; exported versions are "
+                          f"never overwritten. Omit --version to take the next free one ({next_version(model_dir)}).")
+    version = version or next_version(model_dir)
+
+    modality = get_modality(config, run_dir)
+    splits = load_splits(config, modality.read)
+    modality.prepare(splits.train)
+    modality.use_model_inputs(model)
+    model, trained_policy = float32_model(model)
+    batch = verification_batch(modality, splits.test or splits.validation or splits.train)
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    staging.chmod(0o755)  # mkdtemp makes it private; a serving container may run as another user
+    try:
+        model(batch, training=False)  # Keras exports only a model that has been called
+        convert(model, staging / MODEL_FILE)
+        dynamic_axes = {0: "batch", 1: "sequence"} if config.task.modality == "text" else {0: "batch"}
+        name_tensors(staging / MODEL_FILE, "value" if config.task.type == "regression" else "logits", dynamic_axes)
+        ort_session = session(staging / MODEL_FILE)
+        difference = max_difference(ort_session, model, batch)
+        examples = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
+        if not difference <= VERIFY_TOLERANCE:  # `not <=` also catches NaN
+            raise ExportError(f"The ONNX model's outputs differ from the Keras model's by {difference:.2e} "
+                              f"(> {VERIFY_TOLERANCE}) on {examples} examples; nothing was exported. The SavedModel "
+                              f"export (--format savedmodel, the default) works for this model.")
+        write_side_files(staging, run_dir, config, class_names, modality, ort_session, {
+            "run": str(run_dir.resolve()), "name": name, "version": version, "format": "onnx",
+            "trained_dtype_policy": trained_policy, "exported_compute_dtype": "float32",
+            "opset": _opset(staging / MODEL_FILE), **_versions_info(),
+            "verification": {"examples": examples, "compared": "Keras model outputs vs onnxruntime (CPU), float32",
+                             "max_abs_difference": difference, "tolerance": VERIFY_TOLERANCE}})
+        target = model_dir / str(version)
+        if target.exists():
+            raise ExportError(f"{target} appeared while exporting; not overwriting it. Export again.")
+        os.rename(staging, target)  # atomic on one filesystem: Triton never sees a half-written version
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("Exported %s version %d -> %s (max |ONNX - Keras| %.1e on %d examples)", name, version,
+             target / MODEL_FILE, difference, examples)
+    log.warning("Preprocessing is NOT inside the ONNX model: clients must %s as described in %s.",
+                "tokenize and pack texts" if config.task.modality == "text" else "decode and resize images",
+                target / "preprocessing.json")
+    return target
