@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsft.config import EarlyStoppingConfig
+from tfsft.optim import unwrapped
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,11 @@ class TrainingState:
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Saves model + optimizer (+ epoch) with `tf.train.Checkpoint` at each epoch end and every N steps."""
 
-    def __init__(self, directory: Path, every_steps: Optional[int] = None, write: bool = True):
+    def __init__(self, directory: Path, every_steps: Optional[int] = None, write: bool = True,
+                 restore_from: Optional[Path] = None):
         super().__init__()
         self.directory = Path(directory)
+        self.restore_from = Path(restore_from) if restore_from else self.directory
         self.every_steps = every_steps
         self.write = write
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
@@ -79,9 +82,12 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def restore(self) -> Optional[tuple[int, int]]:
         """Restore the latest checkpoint; returns (epochs done, optimizer steps done) or None."""
-        if self.manager is None or not self.manager.latest_checkpoint:
+        if self.manager is None:
             return None
-        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        latest = tf.train.latest_checkpoint(str(self.restore_from))
+        if not latest:
+            return None
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
         return int(self.epoch.numpy()), int(self.model_optimizer_steps())
 
     def model_optimizer_steps(self) -> int:
@@ -129,7 +135,7 @@ class RunMonitor(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------------------------- per step
     def _learning_rate(self) -> float:
-        return float(keras.ops.convert_to_numpy(self.model.optimizer.effective_learning_rate()))
+        return float(keras.ops.convert_to_numpy(unwrapped(self.model.optimizer).effective_learning_rate()))
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")

@@ -230,7 +230,11 @@ class EarlyStoppingConfig(Section):
 
 class TrainingConfig(Section):
     epochs: int = Field(3, ge=1, le=10_000)
-    batch_size: int = Field(32, ge=1, description="Global batch size (split across replicas).")
+    batch_size: int = Field(32, ge=1, description="Global batch size: one optimizer step sees this many examples, "
+                                                  "split evenly across the replicas.")
+    per_replica_batch_size: Optional[int] = Field(
+        None, ge=1, description="Set instead of batch_size to fix the batch per device: the global batch becomes "
+                                "this x the number of replicas (all GPUs of all workers).")
     steps_per_epoch: Optional[int] = Field(None, ge=1, description="Cap the steps of each epoch (quick runs).")
     validation_steps: Optional[int] = Field(None, ge=1)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -240,8 +244,21 @@ class TrainingConfig(Section):
     checkpoint_every_steps: Optional[int] = Field(
         None, ge=1, description="Also save a resumable checkpoint every N steps (default: each epoch end)."
     )
-    jit_compile: Union[bool, Literal["auto"]] = "auto"
+    jit_compile: Union[bool, Literal["auto"]] = Field(
+        "auto", description="XLA compilation of the train step. auto: on for GPU/TPU, off on CPU (measured slower "
+                            "there: see scripts/bench_train.py).")
     steps_per_execution: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_batch_size(self):
+        if self.per_replica_batch_size is not None and "batch_size" in self.model_fields_set:
+            raise ValueError("set either training.batch_size (global) or training.per_replica_batch_size, not both")
+        return self
+
+    def global_batch_size(self, replicas: int) -> int:
+        if self.per_replica_batch_size is not None:
+            return self.per_replica_batch_size * replicas
+        return self.batch_size
 
 
 class DistributeConfig(Section):

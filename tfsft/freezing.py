@@ -19,6 +19,7 @@ from typing import Union
 import keras
 
 from tfsft.config import FreezeConfig
+from tfsft.optim import unwrapped
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class FreezingCallback(keras.callbacks.Callback):
         if stage == self.current:
             return
         self.plan.apply(stage)
-        self.model.optimizer.set_stage_factor(stage.lr_factor)
+        unwrapped(self.model.optimizer).set_stage_factor(stage.lr_factor)
         # The train step captures the trainable variables when traced: trace it anew for the new set.
         self.model.make_train_function(force=True)
         self.current = stage

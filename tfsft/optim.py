@@ -159,3 +159,8 @@ def build_optimizer(cfg: OptimizerConfig, schedule, model: keras.Model) -> keras
     if optimizer.weight_decay:
         optimizer.exclude_from_weight_decay(var_list=[v for v in model.weights if len(v.shape) <= 1])
     return optimizer
+
+
+def unwrapped(optimizer) -> ScaledLearningRates:
+    """tfsft's optimizer behind Keras's LossScaleOptimizer, which compile() wraps it in under mixed_float16."""
+    return getattr(optimizer, "inner_optimizer", optimizer)

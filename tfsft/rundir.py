@@ -7,6 +7,7 @@ identical; anything else starts a new id, so an existing run directory is never 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,13 @@ class RunDir:
     path: Path
     resumed: bool
     created: bool
+    scratch: bool = False  # a non-chief worker's private folder, deleted after training
+    chief_path: Optional[Path] = None  # set on non-chief workers: the run directory the chief writes
+
+    @property
+    def restore_checkpoints(self) -> Path:
+        """Where a resume reads the last checkpoint: the chief's, on every worker."""
+        return (self.chief_path or self.path) / "checkpoints" / "last"
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -72,6 +80,11 @@ def _unfinished_twin(base: Path, config: RunConfig) -> Optional[Path]:
 
 def open_run_dir(config: RunConfig, resume: str = "auto", write: bool = True) -> RunDir:
     """`resume`: auto (continue an identical unfinished run), never, or the path of a run directory."""
+    from tfsft.distribute import cluster_task
+
+    kind, index, workers = cluster_task()
+    if workers > 1:
+        return _multi_worker_run_dir(config, resume, chief=write, task=f"{kind}-{index}")
     base = Path(config.output_dir) / config.name
     if resume not in ("auto", "never"):
         path = Path(resume)
@@ -91,3 +104,34 @@ def open_run_dir(config: RunConfig, resume: str = "auto", write: bool = True) ->
         path.mkdir(parents=True)
         dump_config(config, path / "config.yaml")
     return RunDir(path, resumed=False, created=write)
+
+
+def _multi_worker_run_dir(config: RunConfig, resume: str, chief: bool, task: str) -> RunDir:
+    """Workers of one cluster cannot agree on a timestamp, so the id comes from the config: `mw-<hash>-<k>`,
+    k being the first attempt not yet finished (every worker sees the same folders at start). Non-chief workers
+    write into a scratch folder inside it and restore from the chief's checkpoints."""
+    import hashlib
+
+    base = Path(config.output_dir) / config.name
+    if resume not in ("auto", "never"):
+        path = Path(resume)
+    else:
+        digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+        k = 1
+        while True:
+            path = base / f"mw-{digest}-{k}"
+            state = json.loads((path / STATUS_FILE).read_text()).get("state") if (path / STATUS_FILE).exists() else None
+            if state is None or (state in ("running", "interrupted") and resume == "auto"):
+                break
+            k += 1
+    resumed = (path / STATUS_FILE).exists()
+    if not chief:
+        scratch = path / ".workers" / task
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        return RunDir(scratch, resumed=resumed, created=False, scratch=True, chief_path=path)
+    created = not (path / "config.yaml").exists()
+    path.mkdir(parents=True, exist_ok=True)
+    if created:
+        dump_config(config, path / "config.yaml")
+    return RunDir(path, resumed=resumed, created=created)

@@ -21,6 +21,11 @@ def load_run(run_dir: str | Path):
                 f"whose status.json says completed.")
     config = load_config([run_dir / "config.yaml"])
     classes = json.loads((run_dir / "classes.json").read_text())
+    return config, classes, load_model_file(run_dir / "model.keras")
+
+
+def load_model_file(path: Path):
+    """A run's `model.keras`, in Keras safe mode (no Python code deserialized)."""
     import keras
 
     import tfsft.layers  # noqa: F401  (registers tfsft's layers for safe-mode loading)
@@ -29,5 +34,4 @@ def load_run(run_dir: str | Path):
     with warnings.catch_warnings():
         # The saved optimizer state is irrelevant for inference; Keras warns when its slot count differs.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
-    return config, classes, model
+        return keras.saving.load_model(path, safe_mode=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -21,7 +22,9 @@ from tfsft.backbones import is_pretrained
 from tfsft.callbacks import ResumableCheckpoint, RunMonitor, TrainingState
 from tfsft.config import RunConfig
 from tfsft.data import Splits, load_splits
-from tfsft.distribute import is_chief, make_strategy, set_precision
+from tfsft.distribute import (distribute_global_batches, drop_batches_smaller_than, is_chief, is_multi_worker,
+                              make_strategy, patch_keras_for_multi_worker, resolve_jit_compile, set_precision,
+                              with_class_weights)
 from tfsft.errors import TfsftError, TrainingAborted
 from tfsft.evaluation import evaluate_run
 from tfsft.freezing import FreezePlan, FreezingCallback
@@ -55,11 +58,12 @@ class Prepared:
     backbone: keras.Model
     plan: FreezePlan
     steps_per_epoch: int
+    batch_size: int  # global: per-replica batch x replicas
     targets: dict
 
 
-def _steps_per_epoch(config: RunConfig, n_train: int) -> int:
-    steps = math.ceil(n_train / config.training.batch_size)
+def _steps_per_epoch(config: RunConfig, n_train: int, batch_size: int) -> int:
+    steps = math.ceil(n_train / batch_size)
     if config.training.steps_per_epoch:
         steps = min(steps, config.training.steps_per_epoch)
     return max(steps, 1)
@@ -99,7 +103,8 @@ def _build(config, run, splits, modality, strategy) -> Prepared:
     num_outputs = len(splits.classes) if splits.classes.names else 1
     targets = {name: splits.classes.targets(getattr(splits, name).labels, config.task.type)
                for name in ("train", "validation", "test") if getattr(splits, name) is not None}
-    steps_per_epoch = _steps_per_epoch(config, len(splits.train))
+    batch_size = config.training.global_batch_size(strategy.num_replicas_in_sync)
+    steps_per_epoch = _steps_per_epoch(config, len(splits.train), batch_size)
     total_steps = steps_per_epoch * config.training.epochs
 
     with strategy.scope():
@@ -109,18 +114,19 @@ def _build(config, run, splits, modality, strategy) -> Prepared:
                           pretrained=is_pretrained(config.model.backbone))
         schedule = build_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
         optimizer = build_optimizer(config.optimizer, schedule, model)
-        jit = config.training.jit_compile
         model.compile(optimizer=optimizer, loss=loss_for(config), metrics=metrics_for(config, num_outputs),
-                      jit_compile=False if jit == "auto" else jit,
+                      jit_compile=resolve_jit_compile(config.training.jit_compile),
                       steps_per_execution=config.training.steps_per_execution)
         # Build optimizer slots for every variable any freezing stage may train, so later stages can train.
         plan.apply(plan.stage_for_epoch(10**9) if config.freeze.strategy == "gradual" else plan.stage_for_epoch(0))
         optimizer.build(model.trainable_variables)
+        patch_keras_for_multi_worker(model, strategy)
         optimizer.set_lr_multipliers(plan.backbone_lr_multipliers())
         plan.apply(plan.stage_for_epoch(0))
-    log.info("Precision policy %s, strategy %s (%d replicas)", precision, type(strategy).__name__,
-             strategy.num_replicas_in_sync)
-    return Prepared(config, run, splits, modality, strategy, model, backbone, plan, steps_per_epoch, targets)
+    log.info("Precision policy %s, strategy %s (%d replicas), global batch %d", precision, type(strategy).__name__,
+             strategy.num_replicas_in_sync, batch_size)
+    return Prepared(config, run, splits, modality, strategy, model, backbone, plan, steps_per_epoch, batch_size,
+                    targets)
 
 
 def train(config: RunConfig, resume: str = "auto", verbose: Optional[int] = None,
@@ -134,7 +140,10 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
     extra_callbacks = list(callbacks or [])
     config, run, model, chief = p.config, p.run, p.model, is_chief()
     state = TrainingState(run / "history.json")
-    checkpoint = ResumableCheckpoint(run.checkpoints / "last", config.training.checkpoint_every_steps, write=chief)
+    # Every worker of a multi-worker cluster saves (saving may take part in collectives): non-chief workers into
+    # their scratch folder. All restore from the chief's checkpoint so that they resume in the same state.
+    checkpoint = ResumableCheckpoint(run.checkpoints / "last", config.training.checkpoint_every_steps,
+                                     restore_from=run.restore_checkpoints)
     checkpoint.attach(model)
     restored = checkpoint.restore()
     epochs_done, steps_done = restored if restored else (0, 0)
@@ -157,12 +166,21 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
         *extra_callbacks,
     ]
 
-    batch = config.training.batch_size
-    train_ds = p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=batch).repeat()
+    batch = p.batch_size
+    train_ds = p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=batch)
     val_ds = None
     if p.splits.validation is not None:
         val_ds = p.modality.dataset(p.splits.validation, p.targets["validation"], training=False, batch_size=batch)
     class_weight = class_weight_map(config, p.targets["train"], p.splits.classes.names)
+    replicas = p.strategy.num_replicas_in_sync
+    if replicas > 1:
+        train_ds = drop_batches_smaller_than(train_ds, replicas)
+        if class_weight:
+            train_ds, class_weight = with_class_weights(train_ds, class_weight), None
+
+    def stream_from(step: int):
+        # Resume skips the global batches already trained on, then splits the rest across the replicas.
+        return distribute_global_batches(p.strategy, train_ds.skip(step)) if replicas > 1 else train_ds.skip(step)
     verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
     fit_kwargs = dict(validation_data=val_ds, validation_steps=config.training.validation_steps,
                       class_weight=class_weight, callbacks=callbacks, verbose=verbose)
@@ -174,11 +192,11 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
         # where it stopped. A checkpoint taken mid-epoch finishes that epoch first, with the steps it has left.
         in_epoch = steps_done - epochs_done * spe
         if 0 < in_epoch < spe:
-            model.fit(train_ds.skip(steps_done), initial_epoch=epochs_done, epochs=epochs_done + 1,
+            model.fit(stream_from(steps_done), initial_epoch=epochs_done, epochs=epochs_done + 1,
                       steps_per_epoch=spe - in_epoch, **fit_kwargs)
             epochs_done += 1
         if epochs_done < epochs and not model.stop_training:
-            model.fit(train_ds.skip(epochs_done * spe), initial_epoch=epochs_done, epochs=epochs,
+            model.fit(stream_from(epochs_done * spe), initial_epoch=epochs_done, epochs=epochs,
                       steps_per_epoch=spe, **fit_kwargs)
     train_seconds = time.time() - started
 
@@ -202,7 +220,14 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
     if chief:
         model.save(str(run / "model.keras"))
         p.backbone.save_weights(str(run / "backbone.weights.h5"))
-        metrics = evaluate_run(p, state.epochs, monitor.warnings, train_seconds)
+        evaluated = p
+        if is_multi_worker():
+            # Under MultiWorkerMirroredStrategy, predict() shards its input over the workers and would hand the
+            # chief half of the predictions: evaluate a local copy of the final model instead.
+            from tfsft.runs import load_model_file
+
+            evaluated = dataclasses.replace(p, model=load_model_file(run / "model.keras"))
+        metrics = evaluate_run(evaluated, state.epochs, monitor.warnings, train_seconds)
         run.set_status("completed", train_seconds=round(train_seconds, 1))
         if config.export.enabled:
             from tfsft.export import export_run
@@ -210,6 +235,8 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
             target = export_run(run.path, config.export.base_path, config.export.name)
             run.set_status("completed", exported=str(target))
             print(f"Exported {target}", flush=True)
+    if run.scratch:  # a non-chief worker's files only mattered while training
+        shutil.rmtree(run.path, ignore_errors=True)
     return RunResult(run.path, metrics, state.epochs)
 
 

@@ -16,6 +16,7 @@ from tfsft.config import RunConfig
 from tfsft.data import BadRecords, Records, parse_label, read_table, require_columns, table_format
 from tfsft.errors import DataError
 from tfsft.layers import ImageNormalization
+from tfsft.tasks import shuffled_epochs
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,7 @@ class ImageModality:
         if self.config.data.cache and cache_bytes < CACHE_LIMIT_BYTES:
             ds = ds.cache()
         if training:
-            ds = ds.shuffle(min(self.config.data.shuffle_buffer, len(records)), seed=self.config.seed,
-                            reshuffle_each_iteration=True)
+            ds = shuffled_epochs(ds, min(self.config.data.shuffle_buffer, len(records)), self.config.seed)
         ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
         if training:
             layers, mixers = self.augmenter()

