@@ -6,9 +6,11 @@
 For concurrency 1, 8 and 32 it sends one raw tweet per request and prints, side by side, p50/p99 latency and
 throughput of
   * in-process: `tf.saved_model.load(...).signatures["serving_default"]` called from N threads, and
-  * endpoint:   N concurrent HTTP clients POSTing `{"instances": ["..."]}` to the local server
+  * endpoint:   N concurrent keep-alive HTTP clients (plain sockets in threads; `--client aiohttp` for
+                aiohttp's) POSTing `{"instances": ["..."]}` to the local server
     (once without and once with `--batching`),
-with the ratios endpoint / in-process. Client and server share this machine's cores, so the endpoint figures
+with the ratios endpoint / in-process; then, at concurrency 1, a paired run where in-process calls and endpoint
+requests alternate, so both see the same moment of the machine (its drift cancels out of that ratio). Client and server share this machine's cores, so the endpoint figures
 include the client's own cost. Nothing is asserted: the numbers are printed for a human (and the closing note).
 """
 
@@ -162,6 +164,87 @@ async def bench_endpoint(url: str, texts: list[str], concurrency: int, requests:
     return summarize(latencies, wall, errors)
 
 
+def bench_endpoint_sockets(host: str, port: int, path: str, texts: list[str], concurrency: int,
+                           requests: int) -> dict:
+    """N threads, each a keep-alive HTTP/1.1 connection over a plain socket: a client that costs microseconds,
+    so the figure is the endpoint's cost rather than the benchmark client's (aiohttp's client costs ~0.5 ms of
+    CPU per request on these cores; `--client aiohttp` uses it instead)."""
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors = 0
+
+    def worker():
+        nonlocal errors
+        local, failed = [], 0
+        with socket.create_connection((host, port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = sock.makefile("rb")
+            while True:
+                with lock:
+                    index = next(counter, None)
+                if index is None:
+                    break
+                body = json.dumps({"instances": [texts[index % len(texts)]]}).encode()
+                request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+                start = time.perf_counter()
+                sock.sendall(request)
+                status = reader.readline().split()
+                length = 0
+                while True:
+                    line = reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                payload = reader.read(length)
+                ok = len(status) > 1 and status[1] == b"200" and len(json.loads(payload)["predictions"]) == 1
+                if ok:
+                    local.append(time.perf_counter() - start)
+                else:
+                    failed += 1
+        with lock:
+            latencies.extend(local)
+            errors += failed
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(worker) for _ in range(concurrency)]:
+            future.result()
+    return summarize(latencies, time.perf_counter() - start, errors)
+
+
+def bench_paired(signature, host: str, port: int, path: str, texts: list[str], requests: int) -> dict:
+    """Concurrency 1, in-process call and endpoint request alternating on the same texts: both see the same
+    moment of this machine, so its drift (other tenants, frequency changes) cancels out of the ratio."""
+    import tensorflow as tf
+
+    direct, endpoint = [], []
+    with socket.create_connection((host, port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+        for index in range(requests):
+            text = texts[index % len(texts)]
+            start = time.perf_counter()
+            {k: v.numpy() for k, v in signature(text=tf.constant([text])).items()}
+            direct.append(time.perf_counter() - start)
+            body = json.dumps({"instances": [text]}).encode()
+            start = time.perf_counter()
+            sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+            reader.readline()
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            json.loads(reader.read(length))
+            endpoint.append(time.perf_counter() - start)
+    return {"in_process_p50_ms": float(np.median(direct)) * 1000, "endpoint_p50_ms": float(np.median(endpoint)) * 1000}
+
+
 async def worker_warmup(session, url: str, texts: list[str]) -> None:
     for text in texts[:20]:
         async with session.post(url, json={"instances": [text]}) as response:
@@ -185,6 +268,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000, help="requests at the highest concurrency")
     parser.add_argument("--requests-low", type=int, default=1_000, help="requests at the other concurrencies")
     parser.add_argument("--no-batching-run", action="store_true", help="skip the endpoint run with --batching")
+    parser.add_argument("--client", choices=("sockets", "aiohttp"), default="sockets",
+                        help="HTTP client: keep-alive sockets in threads (default, lightest) or aiohttp")
     args = parser.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -216,8 +301,17 @@ def main() -> None:
         base_url = f"http://127.0.0.1:{port}/v1/models/{model_dir.name}"
         try:
             asyncio.run(wait_available(base_url, server, log_path))
+            if label == "endpoint":
+                paired = bench_paired(signature, "127.0.0.1", port, f"/v1/models/{model_dir.name}:predict", texts,
+                                      args.requests_low)
+                print(f"paired c=1: {paired}", flush=True)
             for concurrency in args.concurrency:
-                stats = asyncio.run(bench_endpoint(base_url + ":predict", texts, concurrency, count(concurrency)))
+                if args.client == "aiohttp":
+                    stats = asyncio.run(bench_endpoint(base_url + ":predict", texts, concurrency,
+                                                       count(concurrency)))
+                else:
+                    stats = bench_endpoint_sockets("127.0.0.1", port, f"/v1/models/{model_dir.name}:predict",
+                                                   texts, concurrency, count(concurrency))
                 results[label, concurrency] = stats
                 print(f"{label} c={concurrency}: {stats}", flush=True)
         finally:
@@ -237,6 +331,9 @@ def main() -> None:
     top = max(args.concurrency)
     errors = sum(results[label, top]["errors"] for label, _ in modes)
     print(f"\np50 overhead of the endpoint at concurrency {one}: {overhead * 100:+.1f} %  (target <= +10 %)")
+    paired_overhead = paired["endpoint_p50_ms"] / paired["in_process_p50_ms"] - 1
+    print(f"p50 overhead, paired (in-process and endpoint calls alternating, {args.requests_low} each): "
+          f"{paired['in_process_p50_ms']:.2f} ms vs {paired['endpoint_p50_ms']:.2f} ms = {paired_overhead * 100:+.1f} %")
     print(f"errors at concurrency {top}: {errors} over {sum(results[label, top]['requests'] for label, _ in modes)} "
           f"requests (target 0)")
 

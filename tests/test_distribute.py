@@ -169,3 +169,18 @@ def test_mixed_precision_learns_with_a_float32_head(tmp_path, text_data, policy)
     losses = [e["loss"] for e in result.history]
     assert losses[-1] < losses[0] * 0.8, losses
     assert result.metrics["test"]["accuracy"] > 0.6
+
+
+def test_training_order_depends_on_seed_and_epoch_only():
+    import tensorflow as tf
+
+    from tfsft.tasks import shuffled_epochs
+
+    stream = shuffled_epochs(tf.data.Dataset.range(20), buffer_size=20, seed=7)
+    first = [int(x) for x in stream.take(40)]
+    again = [int(x) for x in stream.take(40)]  # a second iterator on the same dataset object
+    rebuilt = [int(x) for x in shuffled_epochs(tf.data.Dataset.range(20), 20, 7).take(40)]
+    assert first == again == rebuilt
+    assert sorted(first[:20]) == sorted(first[20:]) == list(range(20))  # each epoch holds every example once
+    assert first[:20] != first[20:]  # and is reshuffled
+    assert [int(x) for x in shuffled_epochs(tf.data.Dataset.range(20), 20, 8).take(20)] != first[:20]
