@@ -317,6 +317,8 @@ class TuneConfig(Section):
                                                               "(default training.epochs).")
     hyperband_factor: int = Field(3, ge=2)
     seed: Optional[int] = Field(None, description="Seed of the search (default: the run's seed).")
+    isolate_trials: bool = Field(True, description="Train each trial in a fresh process: the search's memory stays "
+                                                   "flat (costs a TensorFlow import per trial).")
     space: dict[str, TuneParameter] = Field(..., min_length=1, description="Dotted config field -> parameter.")
 
     def objective_direction(self) -> str:

@@ -243,7 +243,7 @@ def run_trial(base: RunConfig, paths: SearchPaths, trial, decoders: dict, verbos
     fields: dict[str, Any] = {"output_dir": str(paths.trials), "export.enabled": False}
     if RESERVED + "epochs" in values:  # Hyperband's budget for this trial
         fields["training.epochs"] = int(values[RESERVED + "epochs"])
-    started, scores, run_dirs = time.time(), [], []
+    started, scores, run_dirs, peaks = time.time(), [], [], []
     log.info("Trial %s: %s", trial.trial_id, overrides)
     for execution in range(tune.executions_per_trial):
         name = f"trial_{trial.trial_id}" + (f"_e{execution}" if tune.executions_per_trial > 1 else "")
@@ -252,27 +252,85 @@ def run_trial(base: RunConfig, paths: SearchPaths, trial, decoders: dict, verbos
         except ConfigError as exc:
             raise kt.errors.FailedTrialError(f"invalid combination {overrides}: {exc}") from None
         try:
-            result = train(config, resume="auto", verbose=verbose)
+            if tune.isolate_trials:
+                history, run_dir, peak = train_in_child(config, verbose)
+                peaks.append(peak)
+            else:
+                result = train(config, resume="auto", verbose=verbose)
+                history, run_dir = result.history, result.run_dir
+                del result
+                gc.collect()
         except TfsftError as exc:
             if exc.exit_code == 3:  # the loss diverged: a bad point of the space, not a broken search
                 raise kt.errors.FailedTrialError(str(exc)) from None
             raise _fatal(exc) from None
         try:
-            scores.append(objective_value(result.history, tune.objective, tune.objective_direction()))
+            scores.append(objective_value(history, tune.objective, tune.objective_direction()))
         except ObjectiveError as exc:
             raise _fatal(exc) from None
-        run_dirs.append(str(result.run_dir))
-        del result
-        gc.collect()
+        run_dirs.append(str(run_dir))
     score = sum(scores) / len(scores)
     info = {"trial_id": trial.trial_id, "overrides": overrides, "objective": score, "executions": scores,
             "epochs": fields.get("training.epochs", base.training.epochs), "wall_s": round(time.time() - started, 1),
-            "rss_mb": round(rss_mb(), 1), "run_dirs": run_dirs, "tuner_id": os.environ.get("KERASTUNER_TUNER_ID",
+            "rss_mb": round(rss_mb(), 1), "trial_peak_rss_mb": round(max(peaks), 1) if peaks else None,
+            "run_dirs": run_dirs, "tuner_id": os.environ.get("KERASTUNER_TUNER_ID",
                                                                                           "tuner0")}
     paths.trial_info.mkdir(parents=True, exist_ok=True)
     (paths.trial_info / f"{trial.trial_id}.json").write_text(json.dumps(info, indent=1))
     write_hparams(paths, tune, trial.trial_id, overrides, score)
     return {tune.objective: score}
+
+
+def _train_child(config: RunConfig, verbose: int, connection) -> None:
+    """Entry point of a trial's child process: train, send back (history, run dir, peak RSS) or the error."""
+    import resource
+
+    try:
+        from tfsft.cli import quiet_tensorflow
+
+        quiet_tensorflow()
+        from tfsft.trainer import train
+
+        result = train(config, resume="auto", verbose=verbose)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        connection.send(("ok", (result.history, str(result.run_dir), peak)))
+    except TfsftError as exc:
+        connection.send(("tfsft_error", (str(exc), exc.exit_code)))
+    except BaseException as exc:  # anything else: the parent reports it with the child's traceback text
+        import traceback
+
+        connection.send(("error", "".join(traceback.format_exception(exc))))
+    finally:
+        connection.close()
+
+
+def train_in_child(config: RunConfig, verbose: int) -> tuple[list, Path, float]:
+    """Train one trial in a fresh process, so that nothing TensorFlow keeps between runs (traced functions,
+    tf.data graphs, allocator arenas) can pile up in the search process: its memory stays flat however many
+    trials run. Costs a TensorFlow import (a few seconds) per trial."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_train_child, args=(config, verbose, sender), name="tfsft-trial")
+    child.start()
+    sender.close()
+    try:
+        kind, payload = receiver.recv()
+    except EOFError:
+        child.join()
+        raise TfsftError(f"The trial's training process died (exit code {child.exitcode}), e.g. killed for "
+                         f"memory. Lower training.batch_size or text.max_length and run the search again.") from None
+    child.join()
+    if kind == "ok":
+        history, run_dir, peak = payload
+        return history, Path(run_dir), peak
+    if kind == "tfsft_error":
+        message, exit_code = payload
+        error = TfsftError(message)
+        error.exit_code = exit_code
+        raise error
+    raise RuntimeError(f"The trial's training process failed:\n{payload}")
 
 
 def _fatal(exc: TfsftError):
@@ -338,7 +396,8 @@ def collect_results(tuner, paths: SearchPaths, tune: TuneConfig) -> list[dict]:
         for name in tune.space:
             row[name] = values.get(name, "")
         row.update({"epochs": info.get("epochs", ""), "wall_s": info.get("wall_s", ""),
-                    "rss_mb": info.get("rss_mb", ""), "tuner_id": info.get("tuner_id", ""),
+                    "rss_mb": info.get("rss_mb", ""), "trial_peak_rss_mb": info.get("trial_peak_rss_mb") or "",
+                    "tuner_id": info.get("tuner_id", ""),
                     "run_dir": ";".join(info.get("run_dirs", []))})
         rows.append(row)
     worst = float("inf") if direction == "min" else float("-inf")
