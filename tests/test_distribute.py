@@ -64,13 +64,13 @@ def only_run(output_dir: Path, name: str) -> Path:
     return runs[0]
 
 
-def distributed_config(text_data, tmp_path, name, **overrides):
+def distributed_config(text_data, tmp_path, name, epochs=2, **overrides):
     # No dropout and a fixed shuffle: every strategy sees the same global batches, so only float summation order
     # differs. SGD keeps that difference from being amplified the way Adam's 1/sqrt(v) does near zero gradients.
     return text_config(text_data, tmp_path, name=name,
                        optimizer={"name": "sgd", "learning_rate": 0.02, "momentum": 0.5,
                                   "clip": {"mode": "none"}},
-                       training={"epochs": 2, "batch_size": 32, "early_stopping": {"enabled": False}},
+                       training={"epochs": epochs, "batch_size": 32, "early_stopping": {"enabled": False}},
                        **overrides)
 
 
@@ -184,3 +184,38 @@ def test_training_order_depends_on_seed_and_epoch_only():
     assert sorted(first[:20]) == sorted(first[20:]) == list(range(20))  # each epoch holds every example once
     assert first[:20] != first[20:]  # and is reshuffled
     assert [int(x) for x in shuffled_epochs(tf.data.Dataset.range(20), 20, 8).take(20)] != first[:20]
+
+
+@pytest.mark.slow
+def test_killed_two_worker_run_resumes_with_the_same_command(tmp_path, text_data):
+    import time
+
+    out = tmp_path / "runs"
+    finish(train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "single", epochs=3,
+                                                            distribute={"strategy": "default"}), tag="single"))
+    raw = distributed_config(text_data, tmp_path, "workers", epochs=3, distribute={"strategy": "multi_worker"})
+
+    def start_workers():
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+        return [train_in_subprocess(tmp_path, raw, env={"TF_CONFIG": json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": i}})}, tag="workers") for i in range(2)]
+
+    workers = start_workers()
+    deadline = time.time() + 300
+    checkpoint_index = None
+    while time.time() < deadline and checkpoint_index is None:
+        time.sleep(0.2)
+        found = list((out / "workers").glob("mw-*/checkpoints/last/ckpt-*.index"))
+        checkpoint_index = found[0] if found else None
+    assert checkpoint_index is not None, "no checkpoint appeared"
+    for worker in workers:  # the whole cluster dies after epoch 1
+        worker.kill()
+        worker.wait()
+    run = only_run(out, "workers")
+    assert json.loads((run / "status.json").read_text())["state"] == "running"
+
+    logs = [finish(w) for w in start_workers()]  # the same command again
+    assert "Resuming" in logs[0], logs[0][-2000:]
+    assert only_run(out, "workers") == run
+    assert json.loads((run / "status.json").read_text())["state"] == "completed"
+    assert_same_training(only_run(out, "single"), run)
