@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -243,33 +245,75 @@ def _model_card(name: str, version: int, config, class_names, metrics: dict, ver
 
 
 # ----------------------------------------------------------------------------------------- export
-def export_run(run_dir: str | Path, base_path: str | Path = "saved_models", name: Optional[str] = None,
-               version: Optional[int] = None, verify: bool = True) -> Path:
-    import tensorflow as tf
+@dataclass
+class ExportSource:
+    """A finished run opened for export: its Keras model wired to the modality, and the version to write."""
 
+    run_dir: Path
+    config: object
+    class_names: list[str]
+    model: object
+    modality: object
+    splits: object
+    name: str
+    model_dir: Path
+    version: int
+
+    @property
+    def examples(self):
+        """Records to verify and warm up with: the test split, else validation, else train."""
+        return self.splits.test or self.splits.validation or self.splits.train
+
+
+def open_export(run_dir: str | Path, base_path: str | Path, name: Optional[str], version: Optional[int],
+                suffix: str = "") -> ExportSource:
+    """Load a run and pick its version folder `<base_path>/<name><suffix>/<version>` (never an existing one)."""
     from tfsft.data import load_splits
     from tfsft.runs import load_run
     from tfsft.tasks import get_modality
 
     run_dir = Path(run_dir)
     config, class_names, model = load_run(run_dir)
-    name = name or config.name
+    name = (name or config.name) + suffix
     model_dir = Path(base_path) / name
     if version is not None and version in existing_versions(model_dir):
         raise ExportError(f"Version {version} of '{name}' already exists in {model_dir}; exported versions are "
                           f"never overwritten. Omit --version to take the next free one ({next_version(model_dir)}).")
     version = version or next_version(model_dir)
-
     modality = get_modality(config, run_dir)
     splits = load_splits(config, modality.read)
     modality.prepare(splits.train)
     modality.use_model_inputs(model)
-    examples = splits.test or splits.validation or splits.train
+    return ExportSource(run_dir, config, class_names, model, modality, splits, name, model_dir, version)
 
+
+@contextmanager
+def staged_version(model_dir: Path, version: int):
+    """Yield a hidden staging folder beside `model_dir/<version>`; rename it into place when the block succeeds,
+    delete it when it fails, so a model server (TF Serving, Triton) never sees a half-written version."""
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; a serving container may run as another user
     try:
+        yield staging
+        target = model_dir / str(version)
+        if target.exists():
+            raise ExportError(f"{target} appeared while exporting; not overwriting it. Export again.")
+        os.rename(staging, target)  # atomic on one filesystem
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def export_run(run_dir: str | Path, base_path: str | Path = "saved_models", name: Optional[str] = None,
+               version: Optional[int] = None, verify: bool = True) -> Path:
+    import tensorflow as tf
+
+    source = open_export(run_dir, base_path, name, version)
+    run_dir, config, class_names, model, modality = (source.run_dir, source.config, source.class_names,
+                                                     source.model, source.modality)
+    name, version, examples = source.name, source.version, source.examples
+    with staged_version(source.model_dir, version) as staging:
         archive = build_archive(config, class_names, model, modality)
         archive.write_out(str(staging), verbose=False)
         verification = verify_in_fresh_process(staging, config, class_names, model, modality, examples) if verify else \
@@ -285,13 +329,7 @@ def export_run(run_dir: str | Path, base_path: str | Path = "saved_models", name
                                                        "verification": verification}, indent=1))
         (extra / "model_card.md").write_text(_model_card(name, version, config, class_names, metrics, verification))
         (extra / "tf_serving_warmup_requests").write_bytes(_warmup_requests(name, modality, examples))
-        target = model_dir / str(version)
-        if target.exists():
-            raise ExportError(f"{target} appeared while exporting; not overwriting it. Export again.")
-        os.rename(staging, target)  # atomic on one filesystem: TF Serving never sees a half-written version
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    target = source.model_dir / str(version)
     write_models_config(Path(base_path))
     log.info("Exported %s version %d -> %s", name, version, target)
     return target

@@ -18,14 +18,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from tfsft.export import VERIFY_EXAMPLES, ExportError, existing_versions, next_version
+from tfsft.export import VERIFY_EXAMPLES, ExportError, open_export, staged_version
 
 log = logging.getLogger(__name__)
 
@@ -292,30 +291,13 @@ def _opset(path: Path) -> Optional[int]:
 def export_onnx(run_dir: str | Path, base_path: str | Path = "saved_models", name: Optional[str] = None,
                 version: Optional[int] = None) -> Path:
     require_onnx_packages()
-    from tfsft.data import load_splits
-    from tfsft.runs import load_run
-    from tfsft.tasks import get_modality
+    source = open_export(run_dir, base_path, name, version, suffix=DIR_SUFFIX)
+    run_dir, config, class_names, modality = source.run_dir, source.config, source.class_names, source.modality
+    name, version = source.name, source.version
+    model, trained_policy = float32_model(source.model)
+    batch = verification_batch(modality, source.examples)
 
-    run_dir = Path(run_dir)
-    config, class_names, model = load_run(run_dir)
-    name = (name or config.name) + DIR_SUFFIX
-    model_dir = Path(base_path) / name
-    if version is not None and version in existing_versions(model_dir):
-        raise ExportError(f"Version {version} of '{name}' already exists in {model_dir}; exported versions are "
-                          f"never overwritten. Omit --version to take the next free one ({next_version(model_dir)}).")
-    version = version or next_version(model_dir)
-
-    modality = get_modality(config, run_dir)
-    splits = load_splits(config, modality.read)
-    modality.prepare(splits.train)
-    modality.use_model_inputs(model)
-    model, trained_policy = float32_model(model)
-    batch = verification_batch(modality, splits.test or splits.validation or splits.train)
-
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
-    staging.chmod(0o755)  # mkdtemp makes it private; a serving container may run as another user
-    try:
+    with staged_version(source.model_dir, version) as staging:
         model(batch, training=False)  # Keras exports only a model that has been called
         convert(model, staging / MODEL_FILE)
         dynamic_axes = {0: "batch", 1: "sequence"} if config.task.modality == "text" else {0: "batch"}
@@ -333,13 +315,7 @@ def export_onnx(run_dir: str | Path, base_path: str | Path = "saved_models", nam
             "opset": _opset(staging / MODEL_FILE), **_versions_info(),
             "verification": {"examples": examples, "compared": "Keras model outputs vs onnxruntime (CPU), float32",
                              "max_abs_difference": difference, "tolerance": VERIFY_TOLERANCE}})
-        target = model_dir / str(version)
-        if target.exists():
-            raise ExportError(f"{target} appeared while exporting; not overwriting it. Export again.")
-        os.rename(staging, target)  # atomic on one filesystem: Triton never sees a half-written version
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    target = source.model_dir / str(version)
     log.info("Exported %s version %d -> %s (max |ONNX - Keras| %.1e on %d examples)", name, version,
              target / MODEL_FILE, difference, examples)
     log.warning("Preprocessing is NOT inside the ONNX model: clients must %s as described in %s.",
