@@ -219,3 +219,15 @@ def test_killed_two_worker_run_resumes_with_the_same_command(tmp_path, text_data
     assert only_run(out, "workers") == run
     assert json.loads((run / "status.json").read_text())["state"] == "completed"
     assert_same_training(only_run(out, "single"), run)
+
+
+def test_global_batch_smaller_than_the_replicas_is_a_clear_error(tmp_path, text_data):
+    raw = distributed_config(text_data, tmp_path, "tiny_batch", distribute={"strategy": "mirrored"})
+    raw["training"]["batch_size"] = 1
+    process = train_in_subprocess(tmp_path, raw, devices=2, tag="tiny_batch")
+    out = process.communicate(timeout=300)[0]
+    assert process.returncode == 2, out[-2000:]
+    assert "training.batch_size = 1 is smaller than the 2 replicas" in out
+    assert "Traceback" not in out
+    runs = tmp_path / "runs" / "tiny_batch"
+    assert not runs.exists() or not any(runs.iterdir())  # a failed start leaves no run directory

@@ -127,7 +127,8 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, dataset: tf.data
 
 
 def drop_batches_smaller_than(dataset: tf.data.Dataset, size: int) -> tf.data.Dataset:
-    """Bucketed streams end each bucket with a short batch; one shorter than the replica count is skipped."""
+    """A batch shorter than the replica count cannot be split (a replica cannot take an empty batch): skip it.
+    The endless training streams emit full batches, so this only guards against a source that does not."""
     return dataset.filter(lambda *batch: tf.shape(tf.nest.flatten(batch)[0])[0] >= size)
 
 

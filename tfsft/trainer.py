@@ -25,7 +25,7 @@ from tfsft.data import Splits, load_splits
 from tfsft.distribute import (distribute_global_batches, drop_batches_smaller_than, is_chief, is_multi_worker,
                               make_strategy, patch_keras_for_multi_worker, resolve_jit_compile, set_precision,
                               with_class_weights)
-from tfsft.errors import TfsftError, TrainingAborted
+from tfsft.errors import ConfigError, TfsftError, TrainingAborted
 from tfsft.evaluation import evaluate_run
 from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
@@ -104,6 +104,11 @@ def _build(config, run, splits, modality, strategy) -> Prepared:
     targets = {name: splits.classes.targets(getattr(splits, name).labels, config.task.type)
                for name in ("train", "validation", "test") if getattr(splits, name) is not None}
     batch_size = config.training.global_batch_size(strategy.num_replicas_in_sync)
+    if batch_size < strategy.num_replicas_in_sync:
+        raise ConfigError(f"training.batch_size = {batch_size} is smaller than the {strategy.num_replicas_in_sync} "
+                          f"replicas it is split across: every replica needs at least one example per step. Use "
+                          f"a batch_size of at least {strategy.num_replicas_in_sync}, or set "
+                          f"training.per_replica_batch_size instead.")
     steps_per_epoch = _steps_per_epoch(config, len(splits.train), batch_size)
     total_steps = steps_per_epoch * config.training.epochs
 
