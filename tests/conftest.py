@@ -151,6 +151,15 @@ def image_config(paths: dict, tmp_path: Path, **overrides) -> dict:
     return deep_update(base, overrides)
 
 
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory, digit_data) -> Path:
+    """A finished 2-epoch run of the tiny ResNet on digits, shared by the export tests (they only read it)."""
+    from tfsft.trainer import train
+
+    tmp = tmp_path_factory.mktemp("image_run")
+    return train(validated(image_config(digit_data, tmp, training={"epochs": 2})), verbose=0).run_dir
+
+
 # ----------------------------------------------------------------------------------------- helpers
 def write_config(tmp_path: Path, config: dict, name: str = "config.yaml") -> Path:
     path = tmp_path / name

@@ -18,7 +18,7 @@ from tfsft.export import ExportError, export_run
 from tfsft.predict import main as predict_main
 from tfsft.trainer import train
 
-from conftest import REPO, image_config, text_config, validated
+from conftest import REPO, text_config, validated
 
 # Runs in a fresh interpreter: imports only tensorflow + tensorflow_text, as TF Serving would have.
 CLIENT = r"""
@@ -69,12 +69,6 @@ def digest(folder: Path) -> dict:
 def text_run(tmp_path_factory, text_data):
     tmp = tmp_path_factory.mktemp("text_export")
     return train(validated(text_config(text_data, tmp, training={"epochs": 3})), verbose=0).run_dir
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory, digit_data):
-    tmp = tmp_path_factory.mktemp("image_export")
-    return train(validated(image_config(digit_data, tmp, training={"epochs": 2})), verbose=0).run_dir
 
 
 def test_text_export_answers_raw_strings_like_the_keras_model(tmp_path, text_run):

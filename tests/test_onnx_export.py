@@ -19,7 +19,7 @@ from tfsft.onnx_export import export_onnx  # noqa: E402
 from tfsft.runs import load_run  # noqa: E402
 from tfsft.trainer import train  # noqa: E402
 
-from conftest import image_config, run_cli, text_config, validated  # noqa: E402
+from conftest import run_cli, text_config, validated  # noqa: E402
 
 TOLERANCE = 1e-4
 SIDE_FILES = ("model.onnx", "classes.json", "preprocessing.json", "config.yaml", "export.json")
@@ -39,12 +39,6 @@ def run_onnx(target: Path, feed: dict) -> np.ndarray:
 def text_run(tmp_path_factory, text_data):
     tmp = tmp_path_factory.mktemp("onnx_text")
     return train(validated(text_config(text_data, tmp, training={"epochs": 1})), verbose=0).run_dir
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory, digit_data):
-    tmp = tmp_path_factory.mktemp("onnx_image")
-    return train(validated(image_config(digit_data, tmp, training={"epochs": 2})), verbose=0).run_dir
 
 
 def test_text_onnx_answers_client_tokenized_inputs_like_keras(tmp_path, text_run, text_data):
