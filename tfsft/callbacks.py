@@ -18,15 +18,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfsft.config import EarlyStoppingConfig
+from tfsft.metric_direction import resolve_direction
 from tfsft.optim import unwrapped
 
 log = logging.getLogger(__name__)
-
-
-def monitor_mode(monitor: str, mode: str) -> str:
-    if mode != "auto":
-        return mode
-    return "max" if any(key in monitor for key in ("acc", "f1", "auc", "precision", "recall")) else "min"
 
 
 class TrainingState:
@@ -123,7 +118,7 @@ class RunMonitor(keras.callbacks.Callback):
         self.early = early
         self.monitor = early.monitor if has_validation or not early.monitor.startswith("val_") \
             else early.monitor[len("val_"):]
-        self.mode = monitor_mode(self.monitor, early.mode)
+        self.mode = resolve_direction(self.monitor, early.mode)
         self.overfit_patience = overfit_patience
         self.write = write
         self.lr_log_every = lr_log_every

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tfsft.errors import ConfigError
+from tfsft.metric_direction import resolve_direction
 
 
 class Section(BaseModel):
@@ -310,7 +311,7 @@ class TuneParameter(Section):
 class TuneConfig(Section):
     tuner: Literal["random", "bayesian", "hyperband", "grid"] = "random"
     objective: str = Field("val_loss", description="A validation metric logged in history, e.g. val_macro_f1.")
-    direction: Literal["auto", "min", "max"] = Field("auto", description="auto: min for losses/errors, else max.")
+    direction: Literal["auto", "min", "max"] = Field("auto", description="auto: from the name (metric_direction.py).")
     max_trials: int = Field(10, ge=1, le=100_000)
     executions_per_trial: int = Field(1, ge=1, le=100, description="Trainings per trial (different seeds), averaged.")
     max_epochs: Optional[int] = Field(None, ge=1, description="hyperband: the epoch budget of the longest trial "
@@ -322,10 +323,7 @@ class TuneConfig(Section):
     space: dict[str, TuneParameter] = Field(..., min_length=1, description="Dotted config field -> parameter.")
 
     def objective_direction(self) -> str:
-        if self.direction != "auto":
-            return self.direction
-        lowered = self.objective.lower()
-        return "min" if any(word in lowered for word in ("loss", "error", "mae", "mse", "rmse")) else "max"
+        return resolve_direction(self.objective, self.direction)
 
 
 # ----------------------------------------------------------------------------------------- the run
