@@ -17,7 +17,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_TWEETS = REPO.parent / "shared" / "data" / "tweets-sentiment"
 
 TINY_BERT = {"architecture": "BertBackbone",
              "kwargs": {"num_layers": 2, "num_heads": 2, "hidden_dim": 32, "intermediate_dim": 64,

@@ -100,7 +100,9 @@ def test_text_export_answers_raw_strings_like_the_keras_model(tmp_path, text_run
     np.testing.assert_allclose(np.array(out["probabilities"]), expected, atol=1e-5)
 
 
-def test_real_tf_serving_launch_over_the_same_folder(tmp_path, text_run):
+def test_tf_serving_launch_script_dry_run_mounts_the_exported_folders(tmp_path, text_run):
+    """scripts/serve_tfserving.sh with DRY_RUN=1 prints the `docker run` it would launch (no Docker here): the
+    exported folders are mounted where models.docker.config points, and a wrong folder is refused."""
     base = tmp_path / "saved_models"
     export_run(text_run, base, name="sentiment")
     export_run(text_run, base, name="other")
