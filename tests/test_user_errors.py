@@ -1,6 +1,7 @@
 """User mistakes end in one clear paragraph naming the culprit and the fix, a non-zero exit, and no damage."""
 
 import hashlib
+import socket
 
 import pytest
 
@@ -126,7 +127,25 @@ def test_weights_path_missing(capsys, tmp_path, text_data, existing_run):
           expect=["model.backbone.weights", "missing.weights.h5", "does not exist"])
 
 
-def test_preset_download_without_network(capsys, tmp_path, text_data, existing_run):
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """Downloads fail the way they do offline, whether or not this machine has a network: every HTTP(S) request
+    goes through a proxy on a loopback port that is bound but not listening (connection refused), and the
+    download caches are empty folders, so nothing is found locally either."""
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))  # bound, never listening: connecting is refused
+        proxy = "http://127.0.0.1:%d" % closed_port.getsockname()[1]
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(name, proxy)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub_cache"))
+        # keras.utils.get_file reads its cache folder (~/.keras) from a value fixed when Keras was imported.
+        monkeypatch.setattr("keras.src.backend.config.keras_home", lambda: str(tmp_path / "keras_home"))
+        yield
+
+
+def test_preset_download_without_network(capsys, tmp_path, text_data, existing_run, no_network):
     config = text_config(text_data, tmp_path)
     config["model"]["backbone"] = {"preset": "bert_tiny_en_uncased"}
     message = check(capsys, tmp_path, existing_run, config,
@@ -134,7 +153,7 @@ def test_preset_download_without_network(capsys, tmp_path, text_data, existing_r
     assert "save_to_preset" in message
 
 
-def test_keras_applications_weights_without_network(capsys, tmp_path, digit_data, existing_run):
+def test_keras_applications_weights_without_network(capsys, tmp_path, digit_data, existing_run, no_network):
     config = image_config(digit_data, tmp_path)
     config["model"]["backbone"] = {"source": "keras_applications", "name": "ResNet50", "weights": "imagenet"}
     check(capsys, tmp_path, existing_run, config,
