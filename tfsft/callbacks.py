@@ -59,13 +59,11 @@ class TrainingState:
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Saves model + optimizer (+ epoch) with `tf.train.Checkpoint` at each epoch end and every N steps."""
 
-    def __init__(self, directory: Path, every_steps: Optional[int] = None, write: bool = True,
-                 restore_from: Optional[Path] = None):
+    def __init__(self, directory: Path, every_steps: Optional[int] = None, restore_from: Optional[Path] = None):
         super().__init__()
         self.directory = Path(directory)
         self.restore_from = Path(restore_from) if restore_from else self.directory
         self.every_steps = every_steps
-        self.write = write
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
         self.checkpoint = None
         self.manager = None
@@ -89,8 +87,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         return int(self.checkpoint.optimizer.iterations.numpy())
 
     def save(self) -> None:
-        if self.write:
-            self.manager.save(checkpoint_number=self.model_optimizer_steps())
+        self.manager.save(checkpoint_number=self.model_optimizer_steps())
 
     def on_train_batch_end(self, batch, logs=None):
         if not self.every_steps:
@@ -124,7 +121,6 @@ class RunMonitor(keras.callbacks.Callback):
         self.lr_log_every = lr_log_every
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "schedule")) if write else None
         self.nan_detected = False
-        self.stopped_early_at: Optional[int] = None
         self.warnings: list[str] = []
         self.stage_index = 0
 
@@ -173,7 +169,6 @@ class RunMonitor(keras.callbacks.Callback):
         if self.early.enabled and best_index is not None:
             waited = len(self.state.epochs) - 1 - best_index
             if waited > self.early.patience:
-                self.stopped_early_at = epoch
                 self.model.stop_training = True
                 print(f"Early stopping at epoch {epoch + 1}: {self.monitor} has not improved for {waited} epochs "
                       f"(best {best_value:.5f} at epoch {best_index + 1}).", flush=True)

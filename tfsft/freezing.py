@@ -36,9 +36,6 @@ class Unit:
     def weights(self) -> list:
         return [w for layer in self.layers for w in layer.weights]
 
-    def count_params(self) -> int:
-        return int(sum(w.numpy().size for w in self.weights()))
-
 
 def backbone_units(backbone: keras.Model, granularity: str = "block") -> list[Unit]:
     """The backbone's units, bottom to top. The first is the stem; layers above the last block join it."""
