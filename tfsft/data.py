@@ -166,6 +166,16 @@ def parse_label(raw: object, task_type: str, separator: str):
     return text or None
 
 
+def row_label(record: dict, config: RunConfig, source: str, row: int, bad: BadRecords):
+    """The parsed label of one table row (see `parse_label`); None, with the row counted as bad, if it has none."""
+    data = config.data
+    label = parse_label(record.get(data.label_column), config.task.type, data.label_separator)
+    if label is None:
+        bad.add(source, row, f"missing or invalid label in column '{data.label_column}'",
+                record.get(data.label_column, ""))
+    return label
+
+
 # ----------------------------------------------------------------------------------------- classes and targets
 @dataclass
 class ClassIndex:

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tfsft.backbones import KERAS_APPLICATIONS_NORMALIZATION, load_backbone
 from tfsft.config import RunConfig
-from tfsft.data import BadRecords, Records, parse_label, read_table, require_columns, table_format
+from tfsft.data import BadRecords, Records, read_table, require_columns, row_label, table_format
 from tfsft.errors import DataError
 from tfsft.layers import ImageNormalization
 from tfsft.tasks import shuffled_epochs
@@ -37,8 +37,6 @@ def decode_and_resize(encoded: tf.Tensor, size, channels: int) -> tf.Tensor:
 
 
 class ImageModality:
-    input_columns = ("path",)
-
     def __init__(self, config: RunConfig, run_dir: Optional[Path] = None):
         self.config = config
         self.run_dir = run_dir
@@ -93,10 +91,8 @@ class ImageModality:
             if not file.is_file():
                 bad.add(path, number, "image file does not exist", str(file))
                 continue
-            label = parse_label(record.get(data.label_column), config.task.type, data.label_separator)
+            label = row_label(record, config, path, number, bad)
             if label is None:
-                bad.add(path, number, f"missing or invalid label in column '{data.label_column}'",
-                        record.get(data.label_column, ""))
                 continue
             paths.append(str(file))
             labels.append(label)
@@ -180,9 +176,6 @@ class ImageModality:
     def _mix(mixer, images, targets):
         mixed = mixer({"images": images, "labels": targets}, training=True)
         return mixed["images"], mixed["labels"]
-
-    def raw_inputs(self, records: Records) -> dict:
-        return {"path": list(records.inputs["path"])}
 
     # ------------------------------------------------------------------------------------- serving
     def serving_signatures(self) -> dict:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tfsft.backbones import from_preset_or_explain, load_backbone
 from tfsft.config import RunConfig
-from tfsft.data import BadRecords, Records, parse_label, read_table, require_columns, table_format
+from tfsft.data import BadRecords, Records, read_table, require_columns, row_label, table_format
 from tfsft.errors import DataError
 from tfsft.layers import SequencePooling
 from tfsft.tasks import shuffled_epochs
@@ -25,8 +25,6 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 class TextModality:
-    input_columns = ("text", "text_pair")
-
     def __init__(self, config: RunConfig, run_dir: Optional[Path] = None):
         self.config = config
         self.run_dir = Path(run_dir) if run_dir else None
@@ -58,10 +56,8 @@ class TextModality:
                 if pair is None or not str(pair).strip():
                     bad.add(path, number, f"empty or missing text in column '{data.text_pair_column}'")
                     continue
-            label = parse_label(record.get(data.label_column), config.task.type, data.label_separator)
+            label = row_label(record, config, path, number, bad)
             if label is None:
-                bad.add(path, number, f"missing or invalid label in column '{data.label_column}'",
-                        record.get(data.label_column, ""))
                 continue
             texts.append(str(text).strip())
             pairs.append(str(pair).strip() if pair is not None else "")
@@ -153,8 +149,7 @@ class TextModality:
         max_length = self.config.text.max_length
         return sorted({b for b in self.config.text.bucket_boundaries if b < max_length} | {max_length})
 
-    def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int,
-                with_index: bool = False) -> tf.data.Dataset:
+    def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
         columns = {name: np.asarray(records.inputs[name], dtype=object) for name in records.inputs}
         ds = tf.data.Dataset.from_tensor_slices((columns, targets))
         ds = ds.batch(512).map(lambda f, y: (self.tokenize(f), y), num_parallel_calls=AUTOTUNE).unbatch()
@@ -172,10 +167,6 @@ class TextModality:
         else:
             ds = ds.batch(batch_size)
         return ds.map(self._trim, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
-
-    def raw_inputs(self, records: Records) -> dict:
-        """Inputs as a serving client sends them (raw strings)."""
-        return {name: list(values) for name, values in records.inputs.items()}
 
     # ------------------------------------------------------------------------------------- serving
     def serving_signatures(self) -> dict:
