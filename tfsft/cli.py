@@ -7,8 +7,12 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from tfsft.errors import TfsftError
+
+if TYPE_CHECKING:
+    from tfsft.config import RunConfig
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 QUICKSTART = REPO_CONFIGS / "quickstart.yaml"
@@ -25,6 +29,20 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "h5py", "matplotlib", "PIL", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_with_config(config_files: list, overrides: list, verbose: bool, command: Callable[[RunConfig], None]) -> int:
+    """The start every config-driven entry point shares: quiet TF start-up, logging, then load the merged config
+    (its errors come before any TF work) and run `command(config)`; user errors end as one paragraph."""
+    quiet_tensorflow()
+    setup_logging(verbose)
+
+    def run():
+        from tfsft.config import load_config
+
+        command(load_config(config_files, overrides))
+
+    return run_main(run)
 
 
 def run_main(fn) -> int:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from tfsft.cli import QUICKSTART, quiet_tensorflow, run_main, setup_logging
+from tfsft.cli import QUICKSTART, run_with_config
+
+if TYPE_CHECKING:
+    from tfsft.config import RunConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,24 +31,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    quiet_tensorflow()
-    setup_logging(args.verbose)
+    return run_with_config(args.config or [QUICKSTART], args.overrides, args.verbose,
+                           lambda config: _train(config, args))
 
-    def run():
-        from tfsft.config import load_config
 
-        config = load_config(args.config or [QUICKSTART], args.overrides)  # fails before any TF work
-        if args.print_config:
-            import yaml
+def _train(config: RunConfig, args: argparse.Namespace) -> None:
+    if args.print_config:
+        import yaml
 
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False))
-            return
-        from tfsft.trainer import train
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return
+    from tfsft.trainer import train
 
-        result = train(config, resume=args.resume)
-        print(f"Run directory: {result.run_dir}")
-
-    return run_main(run)
+    result = train(config, resume=args.resume)
+    print(f"Run directory: {result.run_dir}")
 
 
 if __name__ == "__main__":

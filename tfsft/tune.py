@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from tfsft.cli import quiet_tensorflow, run_main, setup_logging
+from tfsft.cli import run_with_config
+
+if TYPE_CHECKING:
+    from tfsft.config import RunConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,29 +39,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    quiet_tensorflow()
-    setup_logging(args.verbose)
+    overrides = list(args.overrides)
+    if args.max_trials is not None:
+        overrides.append(f"tune.max_trials={args.max_trials}")
+    if args.tuner:
+        overrides.append(f"tune.tuner={args.tuner}")
+    return run_with_config(args.config, overrides, args.verbose, lambda config: _search(config, args))
 
-    def run():
-        from tfsft.config import load_config
 
-        overrides = list(args.overrides)
-        if args.max_trials is not None:
-            overrides.append(f"tune.max_trials={args.max_trials}")
-        if args.tuner:
-            overrides.append(f"tune.tuner={args.tuner}")
-        config = load_config(args.config, overrides)  # fails before any TF work
-        from tfsft.tuning import run_search
+def _search(config: RunConfig, args: argparse.Namespace) -> None:
+    from tfsft.tuning import run_search
 
-        result = run_search(config, args.name, verbose=1 if args.verbose else 0)
-        print(f"Search directory: {result.root}")
-        if result.rows:
-            print((result.root / "results.md").read_text())
-        if result.best_config_path:
-            print(f"Best config: {result.best_config_path}\n"
-                  f"Retrain it: python -m tfsft.train --config {result.best_config_path}")
-
-    return run_main(run)
+    result = run_search(config, args.name, verbose=1 if args.verbose else 0)
+    print(f"Search directory: {result.root}")
+    if result.rows:
+        print((result.root / "results.md").read_text())
+    if result.best_config_path:
+        print(f"Best config: {result.best_config_path}\n"
+              f"Retrain it: python -m tfsft.train --config {result.best_config_path}")
 
 
 if __name__ == "__main__":
