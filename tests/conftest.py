@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Test configs merge their overrides the way load_config merges --config files.
+from tfsft.config import _deep_merge as deep_update
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -26,16 +29,6 @@ TINY_RESNET = {"architecture": "ResNetBackbone",
                           "stackwise_num_filters": [64, 32], "stackwise_num_blocks": [2, 1],
                           "stackwise_num_strides": [1, 2], "block_type": "basic_block",
                           "use_pre_activation": False}}
-
-
-def deep_update(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_update(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 # ----------------------------------------------------------------------------------------- text data
