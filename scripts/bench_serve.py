@@ -318,7 +318,10 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
 
-    print(f"\nmodel: {version}  ({os.cpu_count()} CPUs; client and server share them)")
+    from tfsft.runtime import cpu_info, tensorflow_build
+
+    print(f"\nCPU: {cpu_info().describe()}; {tensorflow_build()}")
+    print(f"model: {version}  ({os.cpu_count()} CPUs; client and server share them)")
     print(f"{'':<20} {'conc':>4} {'requests':>8} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>10} {'errors':>7}  "
           "ratio vs in-process")
     for concurrency in args.concurrency:

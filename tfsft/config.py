@@ -72,7 +72,8 @@ class TextConfig(Section):
     max_length: int = Field(128, ge=8, le=4096)
     bucket_boundaries: list[int] = Field(
         [16, 32, 48, 64, 96, 128, 192, 256, 384, 512],
-        description="Batches are padded to the smallest boundary that fits their longest sequence.",
+        description="Training batches group examples whose lengths fall between the same two boundaries; every batch "
+                    "is then padded only to its own longest sequence (rounded up to 8).",
     )
     vocabulary: Optional[str] = Field(
         None, description="vocab.txt for backbones built from config; 'learn' builds a WordPiece vocabulary from train."

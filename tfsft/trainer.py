@@ -31,6 +31,7 @@ from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
 from tfsft.optim import build_optimizer, build_schedule
 from tfsft.rundir import RunDir, open_run_dir
+from tfsft.runtime import log_choices
 from tfsft.tasks import get_modality
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def prepare(config: RunConfig, resume: str = "auto") -> Prepared:
     # runs in one process) and no memory held by earlier models (tuning runs many trials).
     keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(config.seed)
+    log_choices(log)
     chief = is_chief()
     strategy = make_strategy(config.distribute)
     modality = get_modality(config)
