@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from aiohttp.test_utils import TestClient, TestServer
 
-from tfsft.serve import ModelRegistry, format_response, main, make_app
+from tfsft.serving import ModelRegistry, format_response, main, make_app
 
 PNG_PIXELS = [[[0], [50]], [[100], [250]]]  # mean 100.0
 
