@@ -11,12 +11,16 @@
 - `cli`       the command line: arguments, start-up, graceful shutdown
 """
 
-from tfsft.serving.app import make_app
-from tfsft.serving.cli import main
-from tfsft.serving.codec import InputSpec, format_response
-from tfsft.serving.errors import ServeConfigError, ServingError
-from tfsft.serving.limits import RequestLimits
-from tfsft.serving.registry import ModelRegistry
+import importlib
 
-__all__ = ["InputSpec", "ModelRegistry", "RequestLimits", "ServeConfigError", "ServingError", "format_response",
-           "main", "make_app"]
+# Exported lazily (PEP 562), so `import tfsft.serving.codec` loads neither aiohttp nor the server.
+_EXPORTS = {"make_app": "app", "main": "cli", "InputSpec": "codec", "format_response": "codec",
+            "ServeConfigError": "errors", "ServingError": "errors", "RequestLimits": "limits",
+            "ModelRegistry": "registry"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tfsft.serving' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tfsft.serving.{_EXPORTS[name]}"), name)
