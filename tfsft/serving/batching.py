@@ -79,7 +79,8 @@ class Batcher:
         full.clear()
 
     def _take(self, key: tuple) -> list[_Pending]:
-        queue, batch, rows = self._pending[key], [], 0
+        queue, rows = self._pending[key], 0
+        batch: list[_Pending] = []
         while queue and (not batch or rows + queue[0].rows <= self.max_batch_size):
             pending = queue.pop(0)
             if not pending.future.done():  # the client has gone away

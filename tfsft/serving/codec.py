@@ -50,7 +50,8 @@ def _json_type(value) -> str:
         return "Null"
     if isinstance(value, bool):
         return "True" if value else "False"
-    return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
+    names: dict[type, str] = {dict: "Object", list: "Array", str: "String"}
+    return names.get(type(value), "Number")
 
 
 def _type_error(value, dtype: str) -> ServingError:
@@ -289,7 +290,7 @@ def format_response(outputs: dict[str, np.ndarray], row_format: bool) -> str:
 
 
 def _row_document(texts: dict[str, np.ndarray]) -> str:
-    batch_size = None
+    batch_size: Optional[int] = None
     for name, array in texts.items():  # every output must be batched like the input
         if array.ndim == 0:
             raise invalid(f"Tensor name: {name} has no shape information ")
@@ -297,6 +298,7 @@ def _row_document(texts: dict[str, np.ndarray]) -> str:
             raise invalid(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} "
                           f"expecting: {batch_size}")
         batch_size = array.shape[0]
+    batch_size = batch_size or 0  # texts is never empty: format_response refuses an empty map
     if len(texts) == 1:
         (only,) = texts.values()
         rows = [_nest(only[i]) for i in range(batch_size)]

@@ -182,6 +182,7 @@ class ModelRegistry:
     def sources(self) -> list[ModelSource]:
         if self.model_config_file is not None:
             return read_model_config(self.model_config_file)
+        assert self.base_path is not None  # __init__ takes exactly one of the two
         if version_folders(self.base_path):  # pointed at one model's folder, as with TF Serving's flag
             return [ModelSource(self.base_path.resolve().name, self.base_path)]
         try:
@@ -194,7 +195,9 @@ class ModelRegistry:
         """Load versions that appeared on disk and drop those that disappeared; returns what changed."""
         with self._refresh_lock:
             sources = self.sources()
-            models, failures, changes = {}, {}, []
+            models: dict[str, dict[int, Servable]] = {}
+            failures: dict[str, dict[int, _LoadFailure]] = {}
+            changes: list[str] = []
             for source in sources:
                 current = self.models.get(source.name, {})
                 wanted = source.wanted_versions()
