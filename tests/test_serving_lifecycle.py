@@ -74,7 +74,7 @@ def recorded_slow_calls(serving_registry):
     servable.signatures["serving_default"] = original
 
 
-@pytest.mark.parametrize("batching", [None, {"max_batch_size": 64, "timeout_ms": 300}], ids=["direct", "batching"])
+@pytest.mark.parametrize("batching", [None, {"max_batch_size": 64, "timeout_ms": 1000}], ids=["direct", "batching"])
 def test_work_of_a_client_that_disconnected_is_never_computed(serving_registry, recorded_slow_calls, batching):
     async def go():
         async with listening(make_app(serving_registry, workers=1, batching=batching)) as port:
