@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tfsft.versions import latest_version_dir
+
 REPO = Path(__file__).resolve().parents[1]
 TEXTS_CSV = REPO / "tfsft" / "demo_data" / "tweets" / "test.csv"
 
@@ -56,10 +58,10 @@ def build_demo_export(workdir: Path) -> Path:
 
 
 def latest_version(model_dir: Path) -> Path:
-    versions = sorted((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    if not versions:
-        sys.exit(f"error: '{model_dir}' has no <version>/ folders; pass saved_models/<name>")
-    return versions[-1]
+    latest = latest_version_dir(model_dir)  # the version tfsft.serve and TF Serving serve by default
+    if latest is None:
+        sys.exit(f"error: '{model_dir}' has no <version>/saved_model.pb folders; pass saved_models/<name>")
+    return latest
 
 
 def summarize(latencies_s: list[float], wall_s: float, errors: int) -> dict:

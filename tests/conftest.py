@@ -152,6 +152,25 @@ def image_run(tmp_path_factory, digit_data) -> Path:
     return train(validated(image_config(digit_data, tmp, training={"epochs": 2})), verbose=0).run_dir
 
 
+# ----------------------------------------------------------------------------------------- serving
+@pytest.fixture(scope="session")
+def serving_base(tmp_path_factory) -> Path:
+    """Tiny SavedModels laid out as a model base path (tests/servables.py), written once per session."""
+    from servables import write_serving_base
+
+    return write_serving_base(tmp_path_factory.mktemp("serving"))
+
+
+@pytest.fixture(scope="session")
+def serving_registry(serving_base):
+    """The serving base's models, loaded once and shared by the REST tests (they only read them)."""
+    from tfsft.serving import ModelRegistry
+
+    registry = ModelRegistry(base_path=serving_base)
+    registry.refresh()
+    return registry
+
+
 # ----------------------------------------------------------------------------------------- helpers
 def write_config(tmp_path: Path, config: dict, name: str = "config.yaml") -> Path:
     path = tmp_path / name

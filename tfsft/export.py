@@ -25,7 +25,8 @@ from typing import Optional
 
 import numpy as np
 
-from tfsft.errors import TfsftError
+from tfsft.export_checks import ExportError, check_name_and_version, check_run_completed, run_state
+from tfsft.versions import next_version, version_folders
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +35,10 @@ VERIFY_EXAMPLES = 16
 VERIFY_TOLERANCE = 1e-5
 
 
-class ExportError(TfsftError):
-    """The export could not be written or did not reproduce the Keras model."""
-
-
 # ----------------------------------------------------------------------------------------- versions
-def existing_versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def next_version(model_dir: Path) -> int:
-    versions = existing_versions(model_dir)
-    return versions[-1] + 1 if versions else 1
-
-
 def _has_saved_model(model_dir: Path) -> bool:
     # Only SavedModel versions belong in TF Serving's config: `<name>-onnx/` folders hold model.onnx instead.
-    return any((model_dir / str(v) / "saved_model.pb").is_file() for v in existing_versions(model_dir))
+    return bool(version_folders(model_dir))
 
 
 DOCKER_MODEL_ROOT = "/models"  # where scripts/serve_tfserving.sh and docker-compose.yml mount saved_models/
@@ -266,17 +252,26 @@ class ExportSource:
 
 
 def open_export(run_dir: str | Path, base_path: str | Path, name: Optional[str], version: Optional[int],
-                suffix: str = "") -> ExportSource:
-    """Load a run and pick its version folder `<base_path>/<name><suffix>/<version>` (never an existing one)."""
+                suffix: str = "", force: bool = False) -> ExportSource:
+    """Load a run and pick its version folder `<base_path>/<name><suffix>/<version>` (never an existing one).
+
+    A run that did not complete is refused unless `force`; so are names and versions TF Serving would not serve.
+    """
     from tfsft.data import load_splits
     from tfsft.runs import load_run
     from tfsft.tasks import get_modality
 
     run_dir = Path(run_dir)
+    check_run_completed(run_dir, force)  # all checks before the model loads, so nothing is written
+    check_name_and_version((name or "run") + suffix, version)
     config, class_names, model = load_run(run_dir)
     name = (name or config.name) + suffix
+    check_name_and_version(name, version)
     model_dir = Path(base_path) / name
-    if version is not None and version in existing_versions(model_dir):
+    if Path(base_path).exists() and not Path(base_path).is_dir():
+        raise ExportError(f"The base path '{base_path}' is a file, not a folder. Pass --base-path with a folder "
+                          f"(it is created if missing).")
+    if version is not None and version in version_folders(model_dir, marker=None):
         raise ExportError(f"Version {version} of '{name}' already exists in {model_dir}; exported versions are "
                           f"never overwritten. Omit --version to take the next free one ({next_version(model_dir)}).")
     version = version or next_version(model_dir)
@@ -306,10 +301,10 @@ def staged_version(model_dir: Path, version: int):
 
 
 def export_run(run_dir: str | Path, base_path: str | Path = "saved_models", name: Optional[str] = None,
-               version: Optional[int] = None, verify: bool = True) -> Path:
+               version: Optional[int] = None, verify: bool = True, force: bool = False) -> Path:
     import tensorflow as tf
 
-    source = open_export(run_dir, base_path, name, version)
+    source = open_export(run_dir, base_path, name, version, force=force)
     run_dir, config, class_names, model, modality = (source.run_dir, source.config, source.class_names,
                                                      source.model, source.modality)
     name, version, examples = source.name, source.version, source.examples
@@ -347,14 +342,19 @@ def _text_version() -> dict:
 def main(argv=None) -> int:
     import argparse
 
+    from tfsft.argtypes import ParagraphParser, model_name, non_empty, version_number
     from tfsft.cli import quiet_tensorflow, run_main, setup_logging
 
-    parser = argparse.ArgumentParser(prog="python -m tfsft.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="A finished run directory (runs/<name>/<id>).")
-    parser.add_argument("--base-path", default="saved_models", help="Model base path (default saved_models/).")
-    parser.add_argument("--name", help="Model name (default: the run's name).")
-    parser.add_argument("--version", type=int, help="Version number (default: the next free one).")
+    parser = ParagraphParser(prog="python -m tfsft.export", description=__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, type=non_empty, help="A finished run directory (runs/<name>/<id>).")
+    parser.add_argument("--base-path", default="saved_models", type=non_empty,
+                        help="Model base path (default saved_models/).")
+    parser.add_argument("--name", type=model_name, help="Model name, a single folder name (default: the run's name).")
+    parser.add_argument("--version", type=version_number,
+                        help="Version number, a positive integer (default: the next free one).")
+    parser.add_argument("--force", action="store_true",
+                        help="Export a run whose status.json does not say completed (its state is printed).")
     parser.add_argument("--no-verify", action="store_true", help="Skip the fresh-process reload check.")
     parser.add_argument("--format", choices=("savedmodel", "onnx"), default="savedmodel",
                         help="savedmodel (default): TF Serving, preprocessing inside. onnx: <name>-onnx/<version>/"
@@ -366,12 +366,17 @@ def main(argv=None) -> int:
     setup_logging()
 
     def run():
+        if args.force:
+            state = run_state(Path(args.run))
+            print(f"--force: exporting the run '{args.run}' in state '{state or 'unknown (no status.json)'}'.",
+                  file=sys.stderr, flush=True)
         if args.format == "onnx":
             from tfsft.onnx_export import export_onnx
 
-            target = export_onnx(args.run, args.base_path, args.name, args.version)
+            target = export_onnx(args.run, args.base_path, args.name, args.version, force=args.force)
         else:
-            target = export_run(args.run, args.base_path, args.name, args.version, verify=not args.no_verify)
+            target = export_run(args.run, args.base_path, args.name, args.version, verify=not args.no_verify,
+                                force=args.force)
         print(f"Exported {target}")
 
     return run_main(run)

@@ -289,9 +289,9 @@ def _opset(path: Path) -> Optional[int]:
 
 # ----------------------------------------------------------------------------------------- export
 def export_onnx(run_dir: str | Path, base_path: str | Path = "saved_models", name: Optional[str] = None,
-                version: Optional[int] = None) -> Path:
+                version: Optional[int] = None, force: bool = False) -> Path:
     require_onnx_packages()
-    source = open_export(run_dir, base_path, name, version, suffix=DIR_SUFFIX)
+    source = open_export(run_dir, base_path, name, version, suffix=DIR_SUFFIX, force=force)
     run_dir, config, class_names, modality = source.run_dir, source.config, source.class_names, source.modality
     name, version = source.name, source.version
     model, trained_policy = float32_model(source.model)

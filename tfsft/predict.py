@@ -17,19 +17,20 @@ from pathlib import Path
 from typing import Iterator
 
 from tfsft.errors import TfsftError
+from tfsft.versions import SAVED_MODEL_FILE, latest_version_dir
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 
 
 def resolve_version(model: Path) -> Path:
     """A version folder: `model` itself if it holds saved_model.pb, else its highest integer sub-folder."""
-    if (model / "saved_model.pb").exists():
+    if (model / SAVED_MODEL_FILE).exists():
         return model
-    versions = sorted((int(p.name) for p in model.glob("*") if p.name.isdigit() and (p / "saved_model.pb").exists()))
-    if not versions:
+    latest = latest_version_dir(model)
+    if latest is None:
         raise TfsftError(f"--model '{model}' holds no SavedModel: give saved_models/<name> (its latest version is "
                          f"used) or saved_models/<name>/<version>. Export one with python -m tfsft.export --run RUN.")
-    return model / str(versions[-1])
+    return latest
 
 
 def load_signature(version_dir: Path, signature: str):
