@@ -122,24 +122,43 @@ class FusedAdamUpdate:
     Keras 3 writes the update as ~20 small ops per variable. A transformer has ~100 variables, so that is ~2,000
     ops in the training graph: on a 2-core CPU they cost seconds of Python tracing and graph optimisation
     before the first step, and an executor dispatch each at every step. The fused kernel computes the same
-    formula (m, v moments; lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) bias correction; epsilon added to sqrt(v)).
-    AMSGrad keeps Keras's own update.
+    formula (m, v moments; lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) bias correction; epsilon added to sqrt(v));
+    the step's scalars (beta powers) are built once per step and shared by every variable. AMSGrad keeps Keras's
+    own update, and so do sparse gradients (see `update_step`). Overrides Keras internals (`_backend_update_step`, `_momentums`, `_velocities`), checked
+    against Keras 3.15 (pinned in pyproject.toml); tests/test_training.py compares it with Keras's AdamW.
     """
 
+    _step_scalars = None
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        self._step_scalars = {}
+        try:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._step_scalars = None
+
+    def _adam_scalars(self, dtype) -> dict:
+        cached = self._step_scalars.get(dtype) if self._step_scalars is not None else None
+        if cached is None:
+            step = tf.cast(self.iterations + 1, dtype)
+            beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+            cached = dict(beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), beta1=beta_1,
+                          beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype))
+            if self._step_scalars is not None:
+                self._step_scalars[dtype] = cached
+        return cached
+
     def update_step(self, gradient, variable, learning_rate):
-        if getattr(self, "amsgrad", False):
+        # A sparse gradient (an embedding's, unclipped) keeps Keras's update: it moves the moments of the rows
+        # in the batch only, where the fused kernel would decay every row's.
+        if getattr(self, "amsgrad", False) or isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         index = self._get_variable_index(variable)
         momentum, velocity = self._momentums[index], self._velocities[index]
-        if isinstance(gradient, tf.IndexedSlices):  # Keras's dense formula decays every row's moments too
-            gradient = tf.convert_to_tensor(gradient)
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        tf.raw_ops.ResourceApplyAdam(
-            var=_handle(variable), m=_handle(momentum), v=_handle(velocity),
-            beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype),
-            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+        tf.raw_ops.ResourceApplyAdam(var=_handle(variable), m=_handle(momentum), v=_handle(velocity),
+                                     lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
+                                     **self._adam_scalars(dtype))
 
 
 def _handle(variable):
