@@ -66,8 +66,8 @@ def resolve_jit_compile(setting) -> bool:
     accelerator = bool(tf.config.list_physical_devices("GPU") or tf.config.list_logical_devices("TPU"))
     log.info("auto: training.jit_compile = %s: %s", accelerator,
              "a GPU/TPU is present, where XLA fuses the kernels" if accelerator else
-             "CPU only, where whole-model XLA trained MiniLM 0.69-0.74x as fast as without it (AVX2 and AVX-512 "
-             "machines, scripts/bench_train.py --xla)")
+             "CPU only, where whole-model XLA trained MiniLM at 0.69-0.74x the speed without it (two machines, "
+             "scripts/bench_train.py --xla)")
     return accelerator
 
 
