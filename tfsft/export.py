@@ -115,8 +115,7 @@ def build_archive(config, class_names: list[str], model, modality):
 
     def make_endpoint(signature: str, names: list[str]):
         def endpoint(*args):
-            features = modality.serving_features(signature, dict(zip(names, args)))
-            logits = model(features, training=False)
+            logits = modality.serving_outputs(model, signature, dict(zip(names, args)))
             return _outputs(config.task.type, logits, class_names, config.evaluation.multilabel_threshold,
                             config.data.label_separator)
         return endpoint

@@ -185,6 +185,9 @@ class ImageModality:
             "serving_pixels": {"pixels": tf.TensorSpec([None, h, w, self.channels], tf.float32, name="pixels")},
         }
 
+    def serving_outputs(self, model: keras.Model, signature: str, inputs: dict):
+        return model(self.serving_features(signature, inputs), training=False)
+
     def serving_features(self, signature: str, inputs: dict):
         if signature == "serving_pixels":
             return inputs["pixels"]

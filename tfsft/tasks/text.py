@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SERVING_CHUNK = 16  # texts per model call inside a serving request (see TextModality.serving_outputs)
 
 
 class TextModality:
@@ -187,9 +188,27 @@ class TextModality:
             spec["text_pair"] = tf.TensorSpec([None], tf.string, name="text_pair")
         return {"serving_default": spec}
 
-    def serving_features(self, signature: str, inputs: dict) -> dict:
-        features, _ = self._trim(self.tokenize(inputs), None)
-        return features
+    def serving_outputs(self, model: keras.Model, signature: str, inputs: dict):
+        """The model's outputs on a request, computed on length-sorted chunks, in the request's order.
+
+        A request pads every text to its longest one: among 64 tweets of 10-60 tokens, most of the model's work
+        would go to padding. Sorted by length and cut into chunks of `SERVING_CHUNK`, each chunk is padded only to
+        its own longest text (~1.6x less work on tweets); the outputs go back to the order they came in.
+        """
+        features = self.tokenize(inputs)
+        order = tf.argsort(tf.reduce_sum(features["padding_mask"], axis=1), stable=True)
+        features = {name: tf.gather(value, order) for name, value in features.items()}
+        count = tf.shape(order)[0]
+
+        def chunk_outputs(start):
+            chunk = {name: value[start:start + SERVING_CHUNK] for name, value in features.items()}
+            return tf.cast(model(self._trim(chunk, None)[0], training=False), tf.float32)
+
+        outputs = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
+        _, outputs = tf.while_loop(lambda i, _: i * SERVING_CHUNK < count,
+                                   lambda i, out: (i + 1, out.write(i, chunk_outputs(i * SERVING_CHUNK))),
+                                   (tf.constant(0), outputs))
+        return tf.gather(outputs.concat(), tf.math.invert_permutation(order))
 
     def serving_resources(self) -> list:
         """Layers holding TF resources (vocabulary tables) the exported graph needs; built before tracking."""
