@@ -13,9 +13,11 @@ trials and writes the outputs.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
-from tfsft.cli import quiet_tensorflow, run_main, setup_logging
+from tfsft.cli import positive_int, quiet_tensorflow, run_main, setup_logging
+from tfsft.errors import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="YAML config; repeat to merge several (e.g. the base run, then its tune: section).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override one config value, e.g. --set tune.tuner=bayesian")
-    parser.add_argument("--max-trials", type=int, help="Shortcut for --set tune.max_trials=N.")
+    parser.add_argument("--max-trials", type=positive_int, help="Shortcut for --set tune.max_trials=N.")
     parser.add_argument("--tuner", choices=("random", "bayesian", "hyperband", "grid"),
                         help="Shortcut for --set tune.tuner=...")
     parser.add_argument("--name", help="Search name (default: the config's name); the folder adds a config hash.")
@@ -35,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    quiet_tensorflow()
+    quiet_tensorflow(args.verbose)
     setup_logging(args.verbose)
 
     def run():
@@ -47,6 +49,14 @@ def main(argv=None) -> int:
         if args.tuner:
             overrides.append(f"tune.tuner={args.tuner}")
         config = load_config(args.config, overrides)  # fails before any TF work
+        if config.tune is None:
+            raise ConfigError(f"The config {args.config} has no tune: section; add one (see configs/tune_quickstart.yaml) "
+                              f"with the fields to search under tune.space.")
+        if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name) or args.name in (".", ".."):
+            raise ConfigError(f"--name '{args.name}' must be a single folder name (letters, digits, _ . -).")
+        from tfsft.preflight import check_run_inputs
+
+        check_run_inputs(config)
         from tfsft.tuning import run_search
 
         result = run_search(config, args.name, verbose=1 if args.verbose else 0)
