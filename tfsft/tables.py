@@ -100,7 +100,7 @@ def _read_jsonl(path: str, text: str, bad) -> tuple[list[str], list[tuple[int, d
 
 
 def _read_delimited(path: str, text: str, delimiter: str, quotes: bool, bad) -> tuple[list[str], list]:
-    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+    csv.field_size_limit(FIELD_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
                         quoting=csv.QUOTE_MINIMAL if quotes else csv.QUOTE_NONE)
     lines = _LINE_BREAK.split(text)
