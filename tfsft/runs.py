@@ -14,6 +14,9 @@ def load_run(run_dir: str | Path):
     from tfsft.config import load_config
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"'{run_dir}' {'is a file' if run_dir.exists() else 'does not exist'}: pass the directory "
+                          f"of a finished run (runs/<name>/<id>).")
     for needed in ("config.yaml", "classes.json", "model.keras"):
         if not (run_dir / needed).exists():
             raise ConfigError(
