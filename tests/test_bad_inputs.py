@@ -9,8 +9,6 @@ work; one tiny text run and one tiny image run (trained and exported once per se
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -90,7 +88,8 @@ def tune_cfg(w, name="tune.yaml", **tune):
 TRAIN = [
     ("config-is-folder", lambda w: ["--config", str(w.root / "configs")], ["configs", "is a folder", "YAML file"]),
     ("config-missing", lambda w: ["--config", str(w.root / "nope.yaml")], ["nope.yaml", "does not exist"]),
-    ("config-bad-yaml", lambda w: ["--config", w.file("bad.yaml", "data: [unclosed\n")], ["bad.yaml", "not valid YAML"]),
+    ("config-bad-yaml", lambda w: ["--config", w.file("bad.yaml", "data: [unclosed\n")],
+     ["bad.yaml", "not valid YAML"]),
     ("config-is-list", lambda w: ["--config", w.file("list.yaml", "- a\n- b\n")], ["list.yaml", "mapping"]),
     ("config-latin1", lambda w: ["--config", w.file("latin.yaml", "name: caf\xe9\n".encode("latin-1"))],
      ["latin.yaml"]),
@@ -182,7 +181,8 @@ TRAIN = [
         "val_mixed.csv", "text,label\n" + rows_csv(10) + "".join(f"meh flight {i},mixed\n" for i in range(5)))],
      ["val_mixed.csv", "5 of 15", "'mixed'", "not in the class list"]),
     ("test-only-unknown-labels", lambda w: [*w.text_cfg(), "--set", "data.test=" + w.file(
-        "test_other.csv", "text,label\nfine,neutral\nok,meh\n")], ["test split", "test_other.csv", "neutral"]),
+        "test_other.csv", "text,label\nfine,neutral\nok,meh\n")],
+     ["test_other.csv", "'neutral'", "not in the class list"]),
     ("class-listed-without-examples", lambda w: [*w.text_cfg(), "--set",
                                                  "data.classes=[negative, neutral, positive]"],
      ["['neutral']", "no examples", "data.classes"]),

@@ -215,7 +215,8 @@ def _check_bad_fraction(bad: BadRecords, source: str, kept: int, limit: float) -
         example = next(item for item in bad.items if item.source == source)
         raise DataError(
             f"{rejected} of {total} records in '{source}' are bad (more than data.max_bad_fraction={limit}); "
-            f"first: {'line' if isinstance(example.row, int) else 'file'} {example.row}: {example.reason}. Check the file and the column settings, or raise "
+            f"first: {'line' if isinstance(example.row, int) else 'file'} {example.row}: {example.reason}. "
+            f"Check the file and the column settings, or raise "
             f"data.max_bad_fraction."
         )
 

@@ -71,8 +71,9 @@ def _read_lines(path: Path, column: str | None, encoding: str = "utf-8") -> list
     for number, record in rows:
         value = record.get(column)
         if not isinstance(value, str) or not value.strip():
-            raise TfsftError(f"--input '{path}' line {number}: '{column}' is {'missing' if value is None else repr(value)}"
-                             f", not a text. Fix or remove that line; every line of an --input file is predicted.")
+            shown = "missing" if value is None else repr(value)
+            raise TfsftError(f"--input '{path}' line {number}: '{column}' is {shown}, not a text. Fix or remove that "
+                             f"line; every line of an --input file is predicted.")
         texts.append(value)
     return texts
 
@@ -175,7 +176,8 @@ def check_arguments(args) -> None:
     try:
         codecs.lookup(args.encoding)
     except LookupError:
-        raise TfsftError(f"--encoding '{args.encoding}' is not a known text encoding. Use e.g. utf-8 or latin-1.") from None
+        raise TfsftError(f"--encoding '{args.encoding}' is not a known text encoding. Use e.g. utf-8 or "
+                         f"latin-1.") from None
     for file in args.input:
         path = Path(file)
         if not path.exists():

@@ -26,13 +26,15 @@ def load_run(run_dir: str | Path):
     try:
         classes = json.loads((run_dir / "classes.json").read_text())
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"'{run_dir / 'classes.json'}' cannot be read ({exc}); the run directory is damaged.") from None
+        raise ConfigError(f"'{run_dir / 'classes.json'}' cannot be read ({exc}); the run directory is "
+                          f"damaged.") from None
     try:
         model = load_model_file(run_dir / "model.keras")
     except (ValueError, OSError, KeyError, TypeError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise ConfigError(f"'{run_dir / 'model.keras'}' cannot be loaded ({type(exc).__name__}: {reason}); the run "
-                          f"directory is damaged or from an incompatible version. Retrain, or use another run.") from None
+                          f"directory is damaged or from an incompatible version. Retrain, or use another "
+                          f"run.") from None
     return config, classes, model
 
 

@@ -51,7 +51,8 @@ def read_text_file(path: str, encoding: str, encoding_key: str = "data.encoding"
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise DataError(f"Cannot read data file '{path}': {exc.strerror}. Check the path and its permissions.") from None
+        raise DataError(f"Cannot read data file '{path}': {exc.strerror}. Check the path and its "
+                        f"permissions.") from None
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -62,7 +63,8 @@ def read_text_file(path: str, encoding: str, encoding_key: str = "data.encoding"
             f"Re-save the file as UTF-8, or set {encoding_key} to its real encoding (e.g. latin-1, cp1252)."
         ) from None
     except LookupError:
-        raise DataError(f"{encoding_key} = '{encoding}' is not a known text encoding. Use e.g. utf-8 or latin-1.") from None
+        raise DataError(f"{encoding_key} = '{encoding}' is not a known text encoding. Use e.g. utf-8 or "
+                        f"latin-1.") from None
     return text.lstrip("\ufeff")
 
 
@@ -123,12 +125,14 @@ def _read_delimited(path: str, text: str, delimiter: str, quotes: bool, bad) -> 
         while len(fields) > len(columns) and not fields[-1].strip():
             fields.pop()  # trailing empty fields ("a,b,")
         span = end - start + 1
-        if span > 1 and (len(fields) != len(columns) or _swallowed_rows(lines[start:end], delimiter, len(columns)) >= 2):
+        swallowed = span > 1 and (len(fields) != len(columns)
+                                  or _swallowed_rows(lines[start:end], delimiter, len(columns)) >= 2)
+        if swallowed:
             bad.add(path, start, f"a quoted field opened on line {start} runs over {span} lines to line {end}, "
                                  f"swallowing what look like rows (a quote that is never closed?)",
                     lines[start - 1], lines=span)
-            log.warning("%s: a quoted field opened on line %d swallows lines %d-%d; those lines are not read as records.",
-                        path, start, start + 1, end)
+            log.warning("%s: a quoted field opened on line %d swallows lines %d-%d; those lines are not read as "
+                        "records.", path, start, start + 1, end)
             continue
         if len(fields) != len(columns):
             hint = "quote fields that contain a comma" if delimiter == "," else "a tab inside a field?"

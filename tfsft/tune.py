@@ -50,8 +50,8 @@ def main(argv=None) -> int:
             overrides.append(f"tune.tuner={args.tuner}")
         config = load_config(args.config, overrides)  # fails before any TF work
         if config.tune is None:
-            raise ConfigError(f"The config {args.config} has no tune: section; add one (see configs/tune_quickstart.yaml) "
-                              f"with the fields to search under tune.space.")
+            raise ConfigError(f"The config {args.config} has no tune: section; add one (see "
+                              f"configs/tune_quickstart.yaml) with the fields to search under tune.space.")
         if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name) or args.name in (".", ".."):
             raise ConfigError(f"--name '{args.name}' must be a single folder name (letters, digits, _ . -).")
         from tfsft.preflight import check_run_inputs
