@@ -71,9 +71,9 @@ def a_file(w, name="plain.txt"):
     return w.file(name, "not a folder\n")
 
 
-def hf_preset(w):
-    backbone = {"preset": "hf://google-bert/bert-base-uncased"}
-    return w.text_cfg("hf.yaml", model={"backbone": backbone, "head": {"dropout": 0.0}})
+def preset(w, location):
+    return [*w.text_cfg(), "--set", "model.backbone.architecture=null", "--set", "model.backbone.kwargs={}",
+            "--set", f"model.backbone.preset={location}"]
 
 
 def tune_cfg(w, name="tune.yaml", **tune):
@@ -207,9 +207,9 @@ TRAIN = [
      ["images.csv", "image file does not exist"]),
     ("backbone-architecture-unknown", lambda w: [*w.text_cfg(), "--set", "model.backbone.architecture=BertBackbon"],
      ["model.backbone.architecture", "BertBackbon"]),
-    ("hf-preset-offline", lambda w: hf_preset(w),
+    ("hf-preset-offline", lambda w: preset(w, "hf://google-bert/bert-base-uncased"),
      ["hf://google-bert/bert-base-uncased", "needs the network", "huggingface.co"]),
-    ("preset-folder-missing", lambda w: w.text_cfg("pf.yaml", model={"backbone": {"preset": "./no_such_preset"}}),
+    ("preset-folder-missing", lambda w: preset(w, "./no_such_preset"),
      ["model.backbone.preset", "no_such_preset", "does not exist"]),
 ]
 

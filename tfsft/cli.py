@@ -26,9 +26,12 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     `_QuietTensorFlowImport`. A level the user set themselves, or `--verbose`, shows everything as it comes.
     """
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    # The level tfsft sets is inherited by the processes it starts (export check, tune trials); only a level set
+    # by the user (without our mark) is left alone.
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ and os.environ.get("TFSFT_SET_TF_LOG_LEVEL") != "1":
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+    os.environ["TFSFT_SET_TF_LOG_LEVEL"] = "1"
     if not verbose and "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
 
