@@ -175,3 +175,32 @@ def test_cli_start_is_quiet_and_the_error_is_one_paragraph(tmp_path, text_data):
         assert noise not in result.stderr, result.stderr
     assert str(bad) in result.stderr and "line 11" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_tf_log_level_the_user_set_is_kept_and_verbose_shows_everything(monkeypatch):
+    from tfsft.cli import quiet_tensorflow
+
+    monkeypatch.delenv("TFSFT_SET_TF_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    quiet_tensorflow()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    quiet_tensorflow(verbose=True)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+def test_remote_preset_without_network_fails_fast_and_says_so(monkeypatch):
+    import time
+
+    from tfsft.backbones import load_backbone, reachable
+    from tfsft.config import BackboneConfig
+    from tfsft.errors import BackboneError
+
+    started = time.monotonic()
+    assert not reachable("no-such-host.invalid")
+    monkeypatch.setattr("tfsft.backbones.reachable", lambda host: False)  # offline, even on a machine with network
+    with pytest.raises(BackboneError) as caught:
+        load_backbone(BackboneConfig(preset="hf://google-bert/bert-base-uncased"))
+    assert time.monotonic() - started < 10  # huggingface_hub alone retries for ~30 s
+    message = str(caught.value)
+    assert "hf://google-bert/bert-base-uncased" in message and "network" in message and "huggingface.co" in message

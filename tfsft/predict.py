@@ -61,7 +61,7 @@ def _read_lines(path: Path, column: str | None, encoding: str = "utf-8") -> list
     fmt = table_format(str(path), "auto") if path.suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl", ".json") \
         else "txt"
     if fmt == "txt":
-        return [line for line in read_text_file(str(path), encoding, "--encoding").split("\n") if line.strip()]
+        return [line for line in read_text_file(str(path), encoding, "--encoding").splitlines() if line.strip()]
     column = column or "text"
     columns, rows = read_table(str(path), fmt, encoding, _FailOnBadLine(), encoding_key="--encoding")
     if column not in columns:
