@@ -9,8 +9,11 @@ Three ways to name a backbone (exactly one per config):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -67,9 +70,27 @@ def preset_location(spec: BackboneConfig) -> str:
     return location
 
 
+def _offline_error(spec: BackboneConfig, what: str, cause: str) -> BackboneError:
+    return BackboneError(
+        f"Cannot download the {what} for preset '{spec.preset}': it needs the network, and there is no network "
+        f"({cause}). On a machine with network, save it with keras_hub.models.Backbone.from_preset('{spec.preset}')"
+        f".save_to_preset('<folder>') (or download the Hugging Face model folder), copy the folder here and set "
+        f"model.backbone.preset to that folder path."
+    )
+
+
 def from_preset_or_explain(loader, spec: BackboneConfig, what: str, **kwargs):
     """Call a KerasHub `from_preset` loader, turning offline/unknown-preset failures into a clear error."""
     location = preset_location(spec)
+    host = None if _is_local(spec.preset or "") else remote_host(location)
+    if host is not None and not reachable(host):
+        # huggingface_hub would retry for ~30 s and KerasHub then blames a missing config.json: look in the
+        # local download cache only, and say it is the network if the preset is not there.
+        try:
+            with hub_offline():
+                return loader(location, **kwargs)
+        except Exception:
+            raise _offline_error(spec, what, f"{host} cannot be reached") from None
     try:
         return loader(location, **kwargs)
     except Exception as exc:  # KerasHub raises plain ValueError/OSError/requests errors from deep inside.
@@ -90,6 +111,53 @@ def from_preset_or_explain(loader, spec: BackboneConfig, what: str, **kwargs):
             f"Cannot load the {what} for preset '{spec.preset}': {exc}. Use a KerasHub preset name "
             f"(keras_hub.models.Backbone.presets lists them), an hf:// handle or a local folder."
         ) from None
+
+
+def remote_host(location: str) -> Optional[str]:
+    """The host a preset downloads from: hf:// from Hugging Face, kaggle:// and plain KerasHub names from Kaggle."""
+    if location.startswith("hf://"):
+        return "huggingface.co"
+    if location.startswith("kaggle://") or "://" not in location:
+        return "api.kaggle.com"
+    return None
+
+
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:443 opens within `timeout` s (name resolution included). Behind a proxy,
+    or with HF_HUB_OFFLINE set for a Hugging Face host, the answer is left to the download library / is no."""
+    if host == "huggingface.co" and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    opened: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(opened)
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """huggingface_hub in offline mode (cache only, no retries) for the duration."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _require_file(path: Optional[str], key: str) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
-import textwrap
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -18,10 +21,71 @@ REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 QUICKSTART = REPO_CONFIGS / "quickstart.yaml"
 
 
-def quiet_tensorflow() -> None:
-    """Keep TF's C++ start-up chatter (CUDA probing, oneDNN notes) out of the user's terminal."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def quiet_tensorflow(verbose: bool = False) -> None:
+    """Keep TF's C++ start-up chatter out of the user's terminal unless asked for.
+
+    On a CPU-only machine TensorFlow prints an absl banner, "Could not find cuda drivers" and a `cuInit` CUDA
+    *error* before any output, which reads like a failure. Level 3 hides C++ log lines below FATAL; the lines
+    printed while TF loads its libraries (before absl logging is set up) ignore that level and are caught by
+    `_QuietTensorFlowImport`. A level the user set themselves, or `--verbose`, shows everything as it comes.
+    """
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # The level tfsft sets is inherited by the processes it starts (export check, tune trials); only a level set
+    # by the user (without our mark) is left alone.
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ and os.environ.get("TFSFT_SET_TF_LOG_LEVEL") != "1":
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+    os.environ["TFSFT_SET_TF_LOG_LEVEL"] = "1"
+    if not verbose and "tensorflow" not in sys.modules:
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs the first `import tensorflow` with stderr (file descriptor 2) captured: the C++ lines TF prints
+    while loading its libraries come before absl logging is set up and ignore TF_CPP_MIN_LOG_LEVEL. They are
+    shown after all if the import fails."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once, and let the normal finders locate the package
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        self.inner = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = self.inner
+        module.__spec__.loader = self.inner
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                self.inner.exec_module(module)
+            except BaseException:
+                os.dup2(saved, 2)
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode("utf-8", errors="replace"))
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        _drop_duplicate_tf_handler()
+
+
+def _drop_duplicate_tf_handler() -> None:
+    """TF adds its own handler to the 'tensorflow' logger when the root logger had none at import time; with
+    ours on the root too, every TF message would be printed twice."""
+    tf_logger = logging.getLogger("tensorflow")
+    if logging.getLogger().handlers and tf_logger.handlers and tf_logger.propagate:
+        for handler in list(tf_logger.handlers):
+            tf_logger.removeHandler(handler)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -34,7 +98,7 @@ def setup_logging(verbose: bool = False) -> None:
 def run_with_config(config_files: list, overrides: list, verbose: bool, command: Callable[[RunConfig], None]) -> int:
     """The start every config-driven entry point shares: quiet TF start-up, logging, then load the merged config
     (its errors come before any TF work) and run `command(config)`; user errors end as one paragraph."""
-    quiet_tensorflow()
+    quiet_tensorflow(verbose)
     setup_logging(verbose)
 
     def run():
@@ -45,14 +109,29 @@ def run_with_config(config_files: list, overrides: list, verbose: bool, command:
     return run_main(run)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1, refused by argparse (exit 2, naming the option) otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
+def format_error(message: str) -> str:
+    """The error paragraph as raised: no wrapping, so paths, URLs and dotted keys stay whole and copyable."""
+    return " ".join(str(message).split())
+
+
 def run_main(fn) -> int:
     """Run `fn()`, turning a TfsftError into one paragraph on stderr and its exit code."""
     try:
         fn()
         return 0
     except TfsftError as exc:
-        message = textwrap.fill(str(exc), width=110)
-        print(f"\nerror: {message}", file=sys.stderr, flush=True)
+        print(f"\nerror: {format_error(str(exc))}", file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted: the last checkpoint is kept; rerun the same command to resume.", file=sys.stderr)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tfsft.errors import ConfigError
 from tfsft.metric_direction import resolve_direction
@@ -52,6 +52,8 @@ class DataConfig(Section):
     validation: Optional[str] = None
     test: Optional[str] = None
     format: Literal["auto", "csv", "tsv", "jsonl", "image_folder"] = "auto"
+    quoting: Literal["auto", "double_quote", "none"] = Field(
+        "auto", description="Quote rules of CSV/TSV files. auto: double_quote for CSV, none for TSV.")
     encoding: str = "utf-8"
     split: SplitConfig = SplitConfig()
     text_column: str = "text"
@@ -65,6 +67,14 @@ class DataConfig(Section):
     max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Fail when more records than this are bad.")
     shuffle_buffer: int = Field(10_000, ge=1)
     cache: bool = True
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, classes):
+        duplicates = sorted({name for name in classes or [] if (classes or []).count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate class name(s) {duplicates}; list each class once")
+        return classes
 
 
 # ----------------------------------------------------------------------------------------- text / image
@@ -94,7 +104,8 @@ class AugmentConfig(Section):
 
 
 class ImageConfig(Section):
-    size: tuple[int, int] = (224, 224)
+    # Height, width in pixels. Below 8 no backbone has anything to convolve.
+    size: tuple[Annotated[int, Field(ge=8, le=8192)], Annotated[int, Field(ge=8, le=8192)]] = (224, 224)
     channels: Literal[1, 3] = 3
     normalization: Literal["auto", "caffe", "torch", "tf", "unit", "none"] = Field(
         "auto", description="Pixel normalization inside the model; auto = what the backbone was trained with."
@@ -318,7 +329,7 @@ class TuneConfig(Section):
     max_epochs: Optional[int] = Field(None, ge=1, description="hyperband: the epoch budget of the longest trial "
                                                               "(default training.epochs).")
     hyperband_factor: int = Field(3, ge=2)
-    seed: Optional[int] = Field(None, description="Seed of the search (default: the run's seed).")
+    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1, description="Seed of the search (default: the run's seed).")
     isolate_trials: bool = Field(True, description="Train each trial in a fresh process: the search's memory stays "
                                                    "flat (costs a TensorFlow import per trial).")
     space: dict[str, TuneParameter] = Field(..., min_length=1, description="Dotted config field -> parameter.")
@@ -331,7 +342,7 @@ class TuneConfig(Section):
 class RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = "runs"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1 - 2, description="Random seed (NumPy/Keras need 0..2**32-1).")
     task: TaskConfig = TaskConfig()
     data: DataConfig
     text: TextConfig = TextConfig()
@@ -358,6 +369,11 @@ class RunConfig(Section):
                     problem = tunable_field_problem(field_name)
                     if problem:
                         raise ValueError(f"tune.space: {problem}")
+        from tfsft.config_checks import reference_problems  # metric names and stages the run will really have
+
+        problems = reference_problems(self)
+        if problems:
+            raise ValueError(" ".join(problems))
         return self
 
     def to_dict(self) -> dict:
@@ -377,10 +393,14 @@ def _deep_merge(base: dict, override: dict) -> dict:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config '{path}' is a folder; pass a YAML file (e.g. {path}/config.yaml).")
     if not path.is_file():
         raise ConfigError(f"Config file '{path}' does not exist. Pass an existing YAML file to --config.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file '{path}': {exc.strerror}. Check its permissions.") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}. Fix the syntax and run again.") from None
     if data is None:
@@ -483,6 +503,8 @@ def _describe(error: dict) -> str:
         return f"unknown key '{dotted}'.{hint} Valid keys here: {', '.join(valid)}."
     if kind == "missing":
         return f"'{dotted}' is required but missing."
+    if not loc:  # a check across sections: its message names the keys itself
+        return str(error["msg"]).removeprefix("Value error, ").rstrip(".") + "."
     shown = repr(received)
     if len(shown) > 80:
         shown = shown[:77] + "..."

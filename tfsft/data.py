@@ -7,18 +7,17 @@ records (inputs + raw labels + where they came from). It does not import TensorF
 from __future__ import annotations
 
 import csv
-import io
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
 from tfsft.config import RunConfig
 from tfsft.errors import DataError
 from tfsft.paths import resolve
+from tfsft.tables import read_table, read_text_file, table_format  # noqa: F401  (the one table reader)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,7 @@ class BadRecord:
     row: int
     reason: str
     value: str = ""
+    lines: int = 1  # records lost: a quote that swallowed 30 lines lost 30 records, not one
 
 
 @dataclass
@@ -59,19 +59,20 @@ class BadRecords:
 
     policy: str = "skip"
     items: list[BadRecord] = field(default_factory=list)
+    fail_hint: str = "Fix or remove the record, or set data.on_bad_record: skip to count and skip such records."
 
-    def add(self, source: str, row: int, reason: str, value: object = "") -> None:
-        item = BadRecord(source, row, reason, str(value)[:200])
+    def add(self, source: str, row, reason: str, value: object = "", lines: int = 1) -> None:
+        item = BadRecord(source, row, reason, str(value)[:200], lines)
         if self.policy == "fail":
             raise DataError(
-                f"Bad record in '{source}' at row {row}: {reason}"
-                + (f" (value: {item.value!r})" if item.value else "")
-                + ". Fix or remove the record, or set data.on_bad_record: skip to count and skip such records."
+                f"Bad record in '{source}' at {'row' if isinstance(row, int) else 'file'} {row}: {reason}"
+                + (f" (value: {item.value!r})" if item.value else "") + ". " + self.fail_hint
             )
         self.items.append(item)
 
     def count(self, source: str) -> int:
-        return sum(1 for item in self.items if item.source == source)
+        """Records lost from `source` (a record that swallowed several lines counts once per line)."""
+        return sum(item.lines for item in self.items if item.source == source)
 
     def write(self, path: str | Path) -> None:
         with open(path, "w", newline="", encoding="utf-8") as handle:
@@ -82,64 +83,13 @@ class BadRecords:
 
 
 # ----------------------------------------------------------------------------------------- tables
-def table_format(path: str, configured: str) -> str:
-    if configured != "auto":
-        return configured
-    suffix = Path(path).suffix.lower()
-    return {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(suffix, "csv")
-
-
-def read_text_file(path: str, encoding: str) -> str:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise DataError(f"Cannot read data file '{path}': {exc.strerror}. Check the path and its permissions.") from None
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as exc:
-        bad = raw[exc.start:exc.start + 1].hex()
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"Data file '{path}' is not valid {encoding}: byte 0x{bad} on line {line} cannot be decoded. "
-            f"Re-save the file as UTF-8, or set data.encoding to its real encoding (e.g. latin-1, cp1252)."
-        ) from None
-    except LookupError:
-        raise DataError(f"data.encoding = '{encoding}' is not a known text encoding. Use e.g. utf-8 or latin-1.") from None
-    return text.lstrip("\ufeff")
-
-
-def read_table(path: str, fmt: str, encoding: str, bad: BadRecords) -> tuple[list[str], Iterator[tuple[int, dict]]]:
-    """Column names and (row number, record) pairs of a CSV/TSV/JSONL file. Row numbers are 1-based file lines."""
-    text = read_text_file(path, encoding)
-    if fmt == "jsonl":
-        def jsonl_rows():
-            for number, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    bad.add(path, number, f"invalid JSON ({exc.msg})", line)
-                    continue
-                if not isinstance(record, dict):
-                    bad.add(path, number, "JSON line is not an object", line)
-                    continue
-                yield number, record
-        first = next((json.loads(l) for l in text.splitlines() if l.strip().startswith("{")), {})
-        return list(first) if isinstance(first, dict) else [], jsonl_rows()
-
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    reader.fieldnames = columns
-
-    def csv_rows():
-        for record in reader:
-            yield reader.line_num, record
-    return columns, csv_rows()
-
-
 def require_columns(path: str, columns: list[str], needed: dict[str, str]) -> None:
     """`needed` maps a config key (e.g. data.text_column) to the column it names."""
+    if not columns:
+        raise DataError(
+            f"'{path}' has no columns: no header line (CSV/TSV) or no line holding a JSON object (JSONL). "
+            f"Check the file's first lines and data.format."
+        )
     for key, column in needed.items():
         if column not in columns:
             raise DataError(
@@ -210,13 +160,20 @@ class ClassIndex:
         if not self.names:
             return records
         known = set(self.names)
-        keep = []
+        keep, unknown_names = [], {}
         for i, label in enumerate(records.labels):
             unknown = [l for l in (label if isinstance(label, list) else [label]) if l not in known]
             if unknown:
-                bad.add(records.source, records.rows[i], f"label {unknown[0]!r} is not in the class list {self.names}")
+                bad.add(records.source, records.rows[i], f"label {unknown[0]!r} is not in the class list {self.names}",
+                        unknown[0])
+                for name in unknown:
+                    unknown_names[name] = unknown_names.get(name, 0) + 1
             else:
                 keep.append(i)
+        if unknown_names:
+            listed = ", ".join(f"{name!r} ({count})" for name, count in sorted(unknown_names.items()))
+            log.warning("%s: %d record(s) skipped whose labels are not in the class list %s: %s", records.source,
+                        len(records) - len(keep), self.names, listed)
         return records.subset(keep)
 
 
@@ -268,7 +225,8 @@ def _check_bad_fraction(bad: BadRecords, source: str, kept: int, limit: float) -
         example = next(item for item in bad.items if item.source == source)
         raise DataError(
             f"{rejected} of {total} records in '{source}' are bad (more than data.max_bad_fraction={limit}); "
-            f"first: row {example.row}: {example.reason}. Check the file and the column settings, or raise "
+            f"first: {'line' if isinstance(example.row, int) else 'file'} {example.row}: {example.reason}. "
+            f"Check the file and the column settings, or raise "
             f"data.max_bad_fraction."
         )
 
@@ -299,11 +257,11 @@ def load_splits(config: RunConfig, reader) -> Splits:
         return records
 
     train = read(data.train, "train")
-    validation = read(data.validation, "validation")
-    test = read(data.test, "test")
-
     classes = ClassIndex.from_labels(train.labels, task_type, data.classes)
-    train = classes.filter_unknown(train, bad)
+    # Records whose label is unknown count as bad, per split, like unreadable ones (data.max_bad_fraction).
+    train = _known_only(classes, train, bad, "train", data.max_bad_fraction)
+    validation = _known_only(classes, read(data.validation, "validation"), bad, "validation", data.max_bad_fraction)
+    test = _known_only(classes, read(data.test, "test"), bad, "test", data.max_bad_fraction)
 
     if test is None and data.split.test > 0:
         train, test = split_off(train, data.split.test, config.seed, task_type)
@@ -313,22 +271,24 @@ def load_splits(config: RunConfig, reader) -> Splits:
     if data.max_train_examples and len(train) > data.max_train_examples:
         train, _ = split_off(train, 1.0 - data.max_train_examples / len(train), config.seed + 2, task_type)
 
-    for name, split in (("validation", validation), ("test", test)):
-        if split is not None:
-            split = classes.filter_unknown(split, bad)
-            if len(split) == 0:
-                raise DataError(
-                    f"The {name} split has no records whose labels are in the class list {classes.names}. "
-                    f"Check data.{name} and data.classes."
-                )
-        if name == "validation":
-            validation = split
-        else:
-            test = split
-
     if classes.names:
         _require_every_class(train, classes, task_type)
     return Splits(train, validation, test, classes, bad)
+
+
+def _known_only(classes: ClassIndex, split: Optional[Records], bad: BadRecords, name: str,
+                limit: float) -> Optional[Records]:
+    if split is None:
+        return None
+    kept = classes.filter_unknown(split, bad)
+    _check_bad_fraction(bad, split.source, len(kept), limit)
+    if len(kept) == 0:
+        labels = sorted({str(label) for label in split.labels})
+        raise DataError(
+            f"The {name} split ('{split.source}') has no records whose labels are in the class list {classes.names}; "
+            f"its labels are {labels[:20]}. Check data.{name}, data.label_column and data.classes."
+        )
+    return kept
 
 
 def _require_every_class(train: Records, classes: ClassIndex, task_type: str) -> None:

@@ -5,6 +5,8 @@ download) is raised as a `TfsftError`. Entry points print its message as one par
 its code; they never show a traceback for it.
 """
 
+import re
+
 
 class TfsftError(Exception):
     """A mistake the user can fix. The message names the culprit and the fix."""
@@ -28,3 +30,19 @@ class TrainingAborted(TfsftError):
     """Training stopped on a condition the user must look at (e.g. a NaN loss)."""
 
     exit_code = 3
+
+
+def clean_tf_message(message: str) -> str:
+    """The reason in a TensorFlow error, without its plumbing: "{{function_node __wrapped__DecodeImage...}}
+    Unknown image file format. ... [Op:DecodeImage] name: " and "Graph execution error: Detected at node ...
+    (a stack) ... Unknown image file format ... [[{{node DecodeImage}}]]" both give "Unknown image file format. ..."."""
+    for raw in str(message).splitlines():
+        line = raw.strip()
+        if (not line or raw[:1].isspace() or line.startswith(("Graph execution error", "Detected at node", "File "))
+                or line.startswith("[[")):
+            continue
+        line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)
+        line = re.sub(r"\s*\[\[\{\{node [^]]*\]\].*$|\s*\[Op:[^]]*\].*$", "", line).strip()
+        if line:
+            return line[:200]
+    return "cannot be decoded"

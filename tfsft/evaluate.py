@@ -14,16 +14,18 @@ import time
 from pathlib import Path
 
 from tfsft.cli import quiet_tensorflow, run_main, setup_logging
-from tfsft.errors import DataError
+from tfsft.errors import ConfigError, DataError
 from tfsft.runs import load_run
 
 
 def evaluate(run_dir: Path, data: str | None) -> dict:
     from tfsft.data import BadRecords, ClassIndex
+    from tfsft.data import _check_bad_fraction as check_bad_fraction
     from tfsft.evaluation import HEADLINE, evaluate_records
     from tfsft.paths import resolve
     from tfsft.tasks import get_modality
 
+    check_arguments(run_dir, data)
     config, class_names, model = load_run(run_dir)
     source = data or config.data.test
     if not source:
@@ -31,11 +33,14 @@ def evaluate(run_dir: Path, data: str | None) -> dict:
     path = resolve(source, what="--data")
     if not Path(path).exists():
         raise DataError(f"--data '{source}' does not exist. Give a file (or image folder) in the training format.")
+    if Path(path).is_dir() and config.task.modality != "image":
+        raise DataError(f"--data '{source}' is a folder; this text run needs a CSV/TSV/JSONL file.")
     modality = get_modality(config, run_dir)
     bad = BadRecords(policy=config.data.on_bad_record)
     records = modality.read(path, config, bad)
     classes = ClassIndex(class_names)
     records = classes.filter_unknown(records, bad)
+    check_bad_fraction(bad, path, len(records), config.data.max_bad_fraction)
     if len(records) == 0:
         raise DataError(f"No usable records in '{source}' ({len(bad.items)} bad). Check its columns and labels.")
     modality.prepare(records)
@@ -51,14 +56,36 @@ def evaluate(run_dir: Path, data: str | None) -> dict:
     return metrics
 
 
+def check_arguments(run_dir: Path, data: str | None) -> None:
+    """--run and --data, before any model is loaded."""
+    from tfsft.preflight import writable_folder_problem
+
+    if not run_dir.exists():
+        raise ConfigError(f"--run '{run_dir}' does not exist. Pass a finished run directory (runs/<name>/<id>).")
+    if not run_dir.is_dir():
+        raise ConfigError(f"--run '{run_dir}' is a file; pass a finished run directory (runs/<name>/<id>).")
+    if data is not None:
+        from tfsft.paths import resolve
+
+        if not data.strip():
+            raise DataError("--data is empty. Give a file (or image folder) in the training format.")
+        if not Path(resolve(data, what="--data")).exists():
+            raise DataError(f"--data '{data}' does not exist. Give a file (or image folder) in the training format.")
+    problem = writable_folder_problem(str(run_dir / "evaluations"), "the run's evaluations folder")
+    if problem:
+        raise ConfigError(problem)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsft.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path, help="A finished run directory (runs/<name>/<id>).")
     parser.add_argument("--data", help="Evaluate on this file/folder instead of the run's test split.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Debug logging, and TensorFlow's own start-up lines (hidden by default).")
     args = parser.parse_args(argv)
-    quiet_tensorflow()
-    setup_logging()
+    quiet_tensorflow(args.verbose)
+    setup_logging(args.verbose)
     return run_main(lambda: evaluate(args.run, args.data))
 
 

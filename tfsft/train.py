@@ -25,7 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", default="auto",
                         help="auto: continue an unfinished run with the same config; never; or a run directory.")
     parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Debug logging, and TensorFlow's own start-up lines (hidden by default).")
     return parser.parse_args(argv)
 
 
@@ -36,11 +37,15 @@ def main(argv=None) -> int:
 
 
 def _train(config: RunConfig, args: argparse.Namespace) -> None:
+    from tfsft.preflight import check_resume, check_run_inputs
+
+    check_resume(args.resume)
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return
+    check_run_inputs(config, args.resume)
     from tfsft.trainer import train
 
     result = train(config, resume=args.resume)

@@ -74,6 +74,9 @@ def prepare(config: RunConfig, resume: str = "auto") -> Prepared:
     """Read data, open the run directory, build and compile the model, restore a checkpoint if resuming."""
     # A fresh Keras session per run: deterministic layer names (checkpoints and weight paths line up across
     # runs in one process) and no memory held by earlier models (tuning runs many trials).
+    from tfsft.preflight import check_run_inputs
+
+    check_run_inputs(config, resume)  # every location the config names, before anything is read or written
     keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(config.seed)
     log_choices(log)

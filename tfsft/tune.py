@@ -13,10 +13,12 @@ trials and writes the outputs.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import TYPE_CHECKING
 
-from tfsft.cli import run_with_config
+from tfsft.cli import positive_int, run_with_config
+from tfsft.errors import ConfigError
 
 if TYPE_CHECKING:
     from tfsft.config import RunConfig
@@ -29,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="YAML config; repeat to merge several (e.g. the base run, then its tune: section).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override one config value, e.g. --set tune.tuner=bayesian")
-    parser.add_argument("--max-trials", type=int, help="Shortcut for --set tune.max_trials=N.")
+    parser.add_argument("--max-trials", type=positive_int, help="Shortcut for --set tune.max_trials=N.")
     parser.add_argument("--tuner", choices=("random", "bayesian", "hyperband", "grid"),
                         help="Shortcut for --set tune.tuner=...")
     parser.add_argument("--name", help="Search name (default: the config's name); the folder adds a config hash.")
@@ -48,6 +50,14 @@ def main(argv=None) -> int:
 
 
 def _search(config: RunConfig, args: argparse.Namespace) -> None:
+    if config.tune is None:
+        raise ConfigError(f"The config {args.config} has no tune: section; add one (see "
+                          f"configs/tune_quickstart.yaml) with the fields to search under tune.space.")
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name) or args.name in (".", ".."):
+        raise ConfigError(f"--name '{args.name}' must be a single folder name (letters, digits, _ . -).")
+    from tfsft.preflight import check_run_inputs
+
+    check_run_inputs(config)
     from tfsft.tuning import run_search
 
     result = run_search(config, args.name, verbose=1 if args.verbose else 0)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tfsft.backbones import KERAS_APPLICATIONS_NORMALIZATION, load_backbone
 from tfsft.config import RunConfig
 from tfsft.data import BadRecords, Records, read_table, require_columns, row_label, table_format
-from tfsft.errors import DataError
+from tfsft.errors import DataError, clean_tf_message
 from tfsft.layers import ImageNormalization
 from tfsft.tasks import shuffled_epochs
 
@@ -59,26 +59,39 @@ class ImageModality:
                 f"'{root}' is a folder of class folders, which only holds single labels; for "
                 f"task.type {self.config.task.type} give a CSV with data.path_column and data.label_column."
             )
-        paths, labels = [], []
+        paths, labels, rows = [], [], []
         class_dirs = sorted(d for d in Path(root).iterdir() if d.is_dir() and not d.name.startswith("."))
         if not class_dirs:
             raise DataError(
                 f"Image folder '{root}' has no class sub-folders. Put each class's images in a folder named after "
                 f"the class (e.g. {root}/cat/001.jpg), or give a CSV of path,label."
             )
+        empty = []
         for class_dir in class_dirs:
+            found = 0
             for file in sorted(class_dir.rglob("*")):
                 if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
                     paths.append(str(file))
                     labels.append(class_dir.name)
+                    rows.append(str(file.relative_to(root)))  # a folder's "row" is the file's path in it
+                    found += 1
                 elif file.is_file() and not file.name.startswith("."):
-                    bad.add(root, 0, f"not an image file (extension {file.suffix or 'none'})", str(file))
-        return Records(inputs={"path": paths}, labels=labels, rows=list(range(1, len(paths) + 1)), source=root)
+                    bad.add(root, str(file.relative_to(root)),
+                            f"not an image file (extension {file.suffix or 'none'})", str(file))
+            if not found:
+                empty.append(class_dir.name)
+        if empty:
+            # A class folder without images would make the class vanish from classes.json without a word.
+            raise DataError(
+                f"Class folder(s) {empty} in '{root}' hold no images ({', '.join(sorted(IMAGE_EXTENSIONS))}). Add "
+                f"images, or remove the folder(s)."
+            )
+        return Records(inputs={"path": paths}, labels=labels, rows=rows, source=root)
 
     def _read_csv(self, path: str, config: RunConfig, bad: BadRecords) -> Records:
         data = config.data
         fmt = table_format(path, data.format)
-        columns, rows = read_table(path, fmt, data.encoding, bad)
+        columns, rows = read_table(path, fmt, data.encoding, bad, data.quoting)
         require_columns(path, columns, {"data.path_column": data.path_column, "data.label_column": data.label_column})
         base = Path(path).parent
         paths, labels, numbers = [], [], []
@@ -106,7 +119,7 @@ class ImageModality:
                 tf.io.decode_image(data, channels=self.channels, expand_animations=False)
                 return None
             except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as exc:
-                return str(exc.message).splitlines()[0][:160]
+                return clean_tf_message(exc.message)
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             problems = list(pool.map(check, records.inputs["path"]))

@@ -39,7 +39,7 @@ class TextModality:
         fmt = table_format(path, data.format)
         if fmt == "image_folder":
             raise DataError("data.format image_folder is for images; text needs csv, tsv or jsonl.")
-        columns, rows = read_table(path, fmt, data.encoding, bad)
+        columns, rows = read_table(path, fmt, data.encoding, bad, data.quoting)
         needed = {"data.text_column": data.text_column, "data.label_column": data.label_column}
         if data.text_pair_column:
             needed["data.text_pair_column"] = data.text_pair_column
