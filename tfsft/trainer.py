@@ -31,6 +31,7 @@ from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
 from tfsft.optim import build_optimizer, build_schedule
 from tfsft.rundir import RunDir, open_run_dir
+from tfsft.step_logging import monitoring_callbacks
 from tfsft.tasks import get_modality
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,9 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
     val_ds = None
     if p.splits.validation is not None:
         val_ds = p.modality.dataset(p.splits.validation, p.targets["validation"], training=False, batch_size=batch)
+    callbacks[len(callbacks) - len(extra_callbacks):len(callbacks) - len(extra_callbacks)] = monitoring_callbacks(
+        config.logging, model, p.plan, p.strategy, run, p.steps_per_epoch, config.training.epochs, p.batch_size,
+        val_ds, config.training.validation_steps, write=chief)
     class_weight = class_weight_map(config, p.targets["train"], p.splits.classes.names)
     replicas = p.strategy.num_replicas_in_sync
     if replicas > 1:
