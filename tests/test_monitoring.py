@@ -95,3 +95,26 @@ def test_progress_lines_without_a_terminal(text_data, tmp_path):
     assert all(all(word in line for word in ("loss", "lr", "ex/s", "ETA")) for line in lines)
     # During the epoch: the first line comes before Keras's end-of-epoch summary line.
     assert result.stdout.index(lines[0]) < result.stdout.index("val_loss"), result.stdout
+
+
+def test_lr_find_suggests_a_rate_inside_its_sweep_and_leaves_no_run_directory(text_data, tmp_path):
+    import yaml
+
+    config = text_config(text_data, tmp_path)
+    output = tmp_path / "lr_test"
+    result = run_cli("tfsft.lr_find", "--config", str(write_config(tmp_path, config)), "--output", str(output),
+                     "--start", "1e-5", "--end", "10", "--steps", "40")
+    assert result.returncode == 0, result.stderr[-2000:]
+    suggested = float(result.stdout.split("Suggested learning rate (valley rule): ")[1].split()[0])
+    with open(output / "lr_find.csv", newline="") as handle:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    swept = [row["learning_rate"] for row in rows]
+    assert swept[0] == pytest.approx(1e-5) and swept == sorted(swept) and len(rows) >= 10
+    assert min(swept) <= suggested <= max(swept)
+    # At the suggestion the smoothed loss is below where the sweep started: the model was learning there.
+    at = min(rows, key=lambda row: abs(row["learning_rate"] - suggested))
+    assert at["smoothed_loss"] < rows[0]["smoothed_loss"]
+    override = yaml.safe_load((output / "lr_override.yaml").read_text())
+    assert override == {"optimizer": {"learning_rate": pytest.approx(suggested, rel=1e-2)}}
+    assert (output / "lr_find.png").stat().st_size > 10_000
+    assert not (tmp_path / "runs").exists()  # output_dir untouched: no run directory
