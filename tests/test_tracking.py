@@ -133,3 +133,30 @@ def test_missing_package_is_a_clear_error_or_a_warning(text_data, tmp_path, monk
     config["tracking"]["required"] = False
     assert not start_trackers(validated(config))
     assert "Training goes on without it" in capsys.readouterr().out
+
+
+def test_tuning_trials_are_child_runs_and_one_wandb_group(text_data, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from tfsft.config import MlflowConfig
+    from tfsft.tracking import mlflow_uri
+    from tfsft.tuning import run_search
+
+    config = text_config(
+        text_data, tmp_path, training={"epochs": 1, "steps_per_epoch": 2, "early_stopping": {"enabled": False}},
+        tracking={"mlflow": {"tracking_uri": str(tmp_path / "mlruns"), "experiment": "search"},
+                  "wandb": {"mode": "offline", "dir": str(tmp_path / "wandb_files")}},
+        tune={"objective": "val_loss", "max_trials": 2, "seed": 1, "isolate_trials": False,
+              "space": {"optimizer.learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2, "sampling": "log"}}})
+    result = run_search(validated(config))
+    client = MlflowClient(tracking_uri=mlflow_uri(MlflowConfig(tracking_uri=str(tmp_path / "mlruns"))))
+    runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
+    (parent,) = [r for r in runs if "tfsft.search" in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and len(runs) == 3 and parent.info.status == "FINISHED"
+    # Each child run holds its trial's config: the searched learning rate, inside the space.
+    assert all(1e-4 <= float(c.data.params["optimizer.learning_rate"]) <= 1e-2 for c in children)
+    assert "results.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    groups = set()
+    for run_file in glob.glob(str(tmp_path / "wandb_files" / "wandb" / "offline-run-*" / "run-*.wandb")):
+        groups |= {r.run.run_group for r in wandb_records(Path(run_file)) if r.WhichOneof("record_type") == "run"}
+    assert groups == {result.root.name}

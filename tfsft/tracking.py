@@ -238,3 +238,75 @@ def _fail(config: RunConfig, message: str) -> None:
         raise ConfigError(message + ", or set tracking.required: false to train without it.")
     log.warning("%s. Training goes on without it (tracking.required: false).", message)
     print(f"warning: {message}. Training goes on without it (tracking.required: false).", flush=True)
+
+
+# ----------------------------------------------------------------------------------------- tuning
+class SearchParent:
+    """A search's parent run (MLflow) / run group (W&B): `trial_base` puts every trial under it."""
+
+    def __init__(self, base: RunConfig, search_name: str):
+        self.mlflow: Optional[MlflowTracker] = None
+        self.space = list(base.tune.space) if base.tune else []
+        fields: dict = {}
+        if base.tracking.wandb is not None:
+            fields["tracking.wandb.group"] = base.tracking.wandb.group or search_name
+        if base.tracking.mlflow is not None and base.tracking.mlflow.parent_run_id is None:
+            try:
+                self.mlflow = _search_run(base, search_name)
+                fields["tracking.mlflow.parent_run_id"] = self.mlflow.run_id
+            except ImportError:
+                _fail(base, "tracking.mlflow is configured but the mlflow package is not installed. Install it "
+                            "with pip install 'tfsft[mlflow]', or remove tracking.mlflow from the config")
+            except Exception as exc:
+                _fail(base, f"tracking.mlflow could not start the search's parent run at "
+                            f"{mlflow_uri(base.tracking.mlflow)}: {type(exc).__name__}: {exc}")
+        self.fields = fields
+
+    def trial_base(self, base: RunConfig) -> RunConfig:
+        from tfsft.config import apply_overrides, validate
+
+        if not self.fields:
+            return base
+        return validate(apply_overrides(base.to_dict(), [f"{k}={json.dumps(v)}" for k, v in self.fields.items()]))
+
+    def finish(self, root: Path, best: Optional[dict], ok: bool) -> None:
+        if self.mlflow is None:
+            return
+        try:
+            for name in ("results.csv", "results.md", "best_config.yaml", "objective_vs_hparams.png"):
+                if (root / name).exists():
+                    self.mlflow.log_file(root / name)
+            if best is not None:
+                self.mlflow.set_tags({f"best.{k}": v for k, v in flatten(best).items() if k in self.space})
+        except Exception as exc:
+            log.warning("mlflow: could not log the search results: %s", exc)
+        self.mlflow.finish(ok)
+
+
+def _search_run(base: RunConfig, search_name: str) -> MlflowTracker:
+    """The search's parent run: the one already tagged with this search (a rerun continues it), else a new one."""
+    existing = _existing_search_run(base, search_name)
+    if existing is None:
+        tracker = MlflowTracker(base.tracking.mlflow, base, run_name=search_name, tags={"tfsft.search": search_name})
+        tracker.log_params(flatten({"tune": base.to_dict()["tune"]}))
+        return tracker
+    tracker = MlflowTracker.__new__(MlflowTracker)
+    tracker.cfg, tracker.uri, tracker.client, tracker.experiment_id, tracker.run_id = existing
+    tracker.client.update_run(tracker.run_id, status="RUNNING")
+    return tracker
+
+
+def _existing_search_run(base: RunConfig, search_name: str):
+    from mlflow.tracking import MlflowClient
+
+    cfg = base.tracking.mlflow
+    uri = mlflow_uri(cfg)
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(cfg.experiment or base.name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`tfsft.search` = '{search_name}'",
+                              max_results=1)
+    return (cfg, uri, client, experiment.experiment_id, runs[0].info.run_id) if runs else None
