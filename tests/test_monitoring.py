@@ -64,6 +64,7 @@ def test_step_scalars_reach_tensorboard_and_csv(logged_run):
     assert float(train_rows[-1]["loss"]) < float(train_rows[0]["loss"])
     # Validation: in-epoch at steps 4 and 12, at each epoch end (8, 16); TensorBoard shows the same points.
     val_steps = [int(r["step"]) for r in rows if r["val_loss"]]
+    assert all(r["val_accuracy"] and r["val_macro_f1"] for r in rows if r["val_loss"])
     assert val_steps == [4, 8, 12, 16]
     assert [s for s, _ in scalar_events(run / "logs" / "validation_steps")["loss"]] == val_steps
     # The epoch-end validation row repeats the epoch's val_loss from the epoch history (same evaluation).

@@ -43,6 +43,7 @@ class StepHistory:
         self._rewrite(kept)
 
     def _rewrite(self, rows: list[dict]) -> None:
+        assert self.columns is not None
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")

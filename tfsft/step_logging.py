@@ -116,6 +116,7 @@ class StepLogger(keras.callbacks.Callback):
         self.epoch = 0
         self._carry_sum = self._carry_n = 0.0  # steps of the previous epoch not yet logged
         self._columns: Optional[list[str]] = None
+        self._metric_names: Optional[list[str]] = None
 
     # ------------------------------------------------------------------ bookkeeping
     def _step(self) -> int:
@@ -137,6 +138,8 @@ class StepLogger(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
+        if self._metric_names is None:
+            self._metric_names = list(logs)  # loss and the compiled metrics, as Keras names them in logs
         self._batches = batch + 1
         self._epoch_mean = logs.get("loss")
         step = self._step()
@@ -204,7 +207,7 @@ class StepLogger(keras.callbacks.Callback):
 
     def _csv_columns(self, row: dict) -> list[str]:
         if self._columns is None:
-            names = ["loss", *(m.name for m in self.model.metrics if m.name != "loss")]
+            names = ["loss", *(n for n in self._metric_names or [] if n != "loss")]
             val = [f"val_{n}" for n in names] if self.validation is not None else []
             self._columns = ["step", "epoch", "loss", *self.rates.names, "gradient_norm", "examples_per_second",
                              *val]

@@ -55,7 +55,8 @@ def mlflow_uri(cfg: MlflowConfig) -> str:
 class MlflowTracker:
     name = "mlflow"
 
-    def __init__(self, cfg: MlflowConfig, config: RunConfig, run_name: Optional[str] = None, tags: dict = None):
+    def __init__(self, cfg: MlflowConfig, config: RunConfig, run_name: Optional[str] = None,
+                 tags: Optional[dict] = None):
         from mlflow.tracking import MlflowClient
 
         uri = mlflow_uri(cfg)
@@ -285,6 +286,7 @@ class SearchParent:
 
 def _search_run(base: RunConfig, search_name: str) -> MlflowTracker:
     """The search's parent run: the one already tagged with this search (a rerun continues it), else a new one."""
+    assert base.tracking.mlflow is not None
     existing = _existing_search_run(base, search_name)
     if existing is None:
         tracker = MlflowTracker(base.tracking.mlflow, base, run_name=search_name, tags={"tfsft.search": search_name})
@@ -300,6 +302,7 @@ def _existing_search_run(base: RunConfig, search_name: str):
     from mlflow.tracking import MlflowClient
 
     cfg = base.tracking.mlflow
+    assert cfg is not None
     uri = mlflow_uri(cfg)
     if uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
