@@ -228,7 +228,7 @@ def start_trackers(config: RunConfig, run_name: Optional[str] = None) -> Tracker
         except Exception as exc:  # network, URI, credentials: whatever the client raises
             where = mlflow_uri(cfg) if name == "mlflow" else f"project {cfg.project!r} ({cfg.mode})"
             _fail(config, f"tracking.{name} could not start a run at {where}: {type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Check the setting "
+                          f"{str(exc).strip().splitlines()[0].rstrip('.') if str(exc).strip() else ''}. Check the setting "
                           f"(and the network or credentials), use an offline mode (wandb mode: offline, a local "
                           f"mlflow tracking_uri)")
     return Trackers(started)
