@@ -135,6 +135,7 @@ def test_missing_package_is_a_clear_error_or_a_warning(text_data, tmp_path, monk
     assert "Training goes on without it" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two trainings in a search
 def test_tuning_trials_are_child_runs_and_one_wandb_group(text_data, tmp_path):
     from mlflow.tracking import MlflowClient
     from tfsft.config import MlflowConfig
