@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfsft import reporting
+from tfsft import reporting, step_history
 from tfsft.config import RunConfig
 from tfsft.data import Records
 from tfsft.model import activation
@@ -51,7 +51,11 @@ def evaluate_run(p, history: list[dict], warnings: list[str], train_seconds: flo
     """Called at the end of training: test (or validation) metrics, report and plots in the run directory."""
     config, run = p.config, p.run
     run.plots.mkdir(exist_ok=True)
-    if history:
+    steps_file = run / step_history.FILE_NAME
+    if history and steps_file.exists():  # step curves with the validation points on top
+        step_history.plot_step_history(step_history.read_rows(steps_file), history, p.steps_per_epoch,
+                                       run.plots / "history.png")
+    elif history:
         reporting.plot_history(history, run.plots / "history.png")
     results: dict = {"train_seconds": round(train_seconds, 1), "epochs_run": len(history)}
     for split in ("test", "validation"):

@@ -145,7 +145,8 @@ class FreezePlan:
     def backbone_lr_multipliers(self) -> dict:
         if self.cfg.backbone_lr_factor == 1.0:
             return {}
-        return {w: self.cfg.backbone_lr_factor for w in self.backbone.weights}
+        # (variable, factor) pairs: Keras 3 variables are not hashable, so they cannot key a dict.
+        return [(w, self.cfg.backbone_lr_factor) for w in self.backbone.weights]
 
     def summary(self, model: keras.Model) -> str:
         def count(weights):

@@ -86,9 +86,10 @@ class ScaledLearningRates:
             self.stage_factor = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="stage_lr_factor")
 
     def set_lr_multipliers(self, multipliers: dict) -> None:
-        """`multipliers` maps variables to factors; unlisted variables use 1.0."""
+        """`multipliers`: (variable, factor) pairs (or a dict); unlisted variables use 1.0."""
         self._ensure_scaling_state()
-        self._lr_multipliers = {self._var_key(v): float(f) for v, f in multipliers.items()}
+        pairs = multipliers.items() if isinstance(multipliers, dict) else multipliers
+        self._lr_multipliers = {self._var_key(v): float(f) for v, f in pairs}
 
     def set_stage_factor(self, factor: float) -> None:
         self._ensure_scaling_state()

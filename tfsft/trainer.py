@@ -32,6 +32,8 @@ from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
 from tfsft.optim import build_optimizer, build_schedule
 from tfsft.rundir import RunDir, open_run_dir
 from tfsft.runtime import log_choices
+from tfsft.step_logging import monitoring_callbacks
+from tfsft.tracking import Trackers, start_trackers
 from tfsft.tasks import get_modality
 
 log = logging.getLogger(__name__)
@@ -141,11 +143,20 @@ def _build(config, run, splits, modality, strategy) -> Prepared:
 
 def train(config: RunConfig, resume: str = "auto", verbose: Optional[int] = None,
           callbacks: Optional[list] = None) -> RunResult:
-    prepared = prepare(config, resume)
-    return fit_and_evaluate(prepared, verbose=verbose, callbacks=callbacks)
+    trackers = start_trackers(config) if is_chief() else Trackers([])  # a tracker that fails stops us here
+    ok = False
+    try:
+        prepared = prepare(config, resume)
+        trackers.start_run(config, prepared.run.path)
+        result = fit_and_evaluate(prepared, verbose=verbose, callbacks=callbacks, trackers=trackers)
+        ok = True
+        return result
+    finally:
+        trackers.finish(ok)
 
 
-def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Optional[list] = None) -> RunResult:
+def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Optional[list] = None,
+                     trackers: Optional[Trackers] = None) -> RunResult:
     """Fit (resuming from the run's checkpoint if there is one), then save and evaluate. `callbacks` run last."""
     extra_callbacks = list(callbacks or [])
     config, run, model, chief = p.config, p.run, p.model, is_chief()
@@ -181,6 +192,9 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
     val_ds = None
     if p.splits.validation is not None:
         val_ds = p.modality.dataset(p.splits.validation, p.targets["validation"], training=False, batch_size=batch)
+    callbacks[len(callbacks) - len(extra_callbacks):len(callbacks) - len(extra_callbacks)] = monitoring_callbacks(
+        config.logging, model, p.plan, p.strategy, run, p.steps_per_epoch, config.training.epochs, p.batch_size,
+        val_ds, config.training.validation_steps, sinks=[trackers] if trackers else (), write=chief)
     class_weight = class_weight_map(config, p.targets["train"], p.splits.classes.names)
     replicas = p.strategy.num_replicas_in_sync
     if replicas > 1:
@@ -245,6 +259,8 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
             target = export_run(run.path, config.export.base_path, config.export.name)
             run.set_status("completed", exported=str(target))
             print(f"Exported {target}", flush=True)
+        if trackers:
+            trackers.finish_run(run.path, metrics, run.status().get("exported") and Path(run.status()["exported"]))
     if run.scratch:  # a non-chief worker's files only mattered while training
         shutil.rmtree(run.path, ignore_errors=True)
     return RunResult(run.path, metrics, state.epochs)

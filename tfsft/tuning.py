@@ -25,6 +25,7 @@ import yaml
 
 from tfsft.config import RunConfig, TuneConfig, TuneParameter, apply_overrides, validate
 from tfsft.errors import ConfigError, TfsftError
+from tfsft.tracking import SearchParent
 
 log = logging.getLogger(__name__)
 
@@ -493,11 +494,13 @@ def run_search(base: RunConfig, name: Optional[str] = None, verbose: int = 0) ->
         root.mkdir(parents=True, exist_ok=True)
         (root / "search_config.yaml").write_text(yaml.safe_dump(base.to_dict(), sort_keys=False))
         write_hparams_config(paths, base.tune)
-    tuner = make_tuner(base, paths, verbose)
+    parent = SearchParent(base, root.name)  # trials log as child runs (MLflow) / in one group (W&B)
+    tuner = make_tuner(parent.trial_base(base), paths, verbose)
     log.info("Search directory: %s", root)
     try:
         tuner.search()
     except RuntimeError as exc:
+        parent.finish(root, None, ok=False)
         if "consecutive failures" not in str(exc):
             raise
         failed = [t for t in tuner.oracle.trials.values() if t.message]
@@ -516,6 +519,7 @@ def run_search(base: RunConfig, name: Optional[str] = None, verbose: int = 0) ->
     if best is not None:
         best_path = root / "best_config.yaml"
         best_path.write_text(yaml.safe_dump(best, sort_keys=False))
+    parent.finish(root, best, ok=True)
     return SearchResult(root, rows, best_path)
 
 
