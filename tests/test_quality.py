@@ -45,23 +45,24 @@ def anchor(kind="l2sp", alpha=0.01, beta=0.0) -> dict:
 # ----------------------------------------------------------------------------------------- anchors
 def test_huge_alpha_keeps_the_backbone_at_w0_while_the_head_learns(tmp_path, text_data):
     deviations, head_moves = {}, {}
-    # Head LR 0.5, backbone LR 0.01 and alpha = 1 / backbone LR: each step pulls the backbone all the way back to
-    # w0, so it never strays more than one step's task gradient (x 0.01) from it, while plain training drifts.
-    for name, regularization in (("plain", anchor("none")), ("anchored", anchor(alpha=100.0))):
-        p = prepare(validated(sgd_config(text_data, tmp_path, name, lr=0.5, regularization=regularization,
-                                         freeze={"backbone_lr_factor": 0.02},
-                                         training={"epochs": 2, "early_stopping": {"enabled": False}})), "never")
+    # AdamW moves every weight by about its LR per step, whatever the gradient's size: with a huge alpha the anchor
+    # term dominates each backbone gradient and turns every step away from w0 straight back, so the backbone only
+    # jitters within ~one step (LR 3e-3 x backbone factor 0.1) of w0, while plain training drifts step after step.
+    for name, regularization in (("plain", anchor("none")), ("anchored", anchor(alpha=1e4))):
+        p = prepare(validated(text_config(text_data, tmp_path, name=name, regularization=regularization,
+                                          freeze={"backbone_lr_factor": 0.1},
+                                          training={"epochs": 2, "early_stopping": {"enabled": False}})), "never")
         w0 = [w.numpy() for w in p.backbone.trainable_weights]
         head0 = p.model.get_layer("head_logits").kernel.numpy()
         result = fit_and_evaluate(p, verbose=0)
         deviations[name] = max(float(np.max(np.abs(w.numpy() - a))) for w, a in zip(p.backbone.trainable_weights, w0))
         head_moves[name] = float(np.max(np.abs(p.model.get_layer("head_logits").kernel.numpy() - head0)))
         if name == "anchored":
-            history = result.history
-            assert all(e["loss_anchor"] > 0 for e in history)
-            assert history[-1]["val_loss"] < history[0]["val_loss"]  # the head still learns
-    assert deviations["anchored"] < 5e-3 and deviations["anchored"] < deviations["plain"] / 10, deviations
-    assert head_moves["anchored"] > 100 * deviations["anchored"], (head_moves, deviations)
+            first, last = result.history[0], result.history[-1]
+            assert first["loss_anchor"] > 0
+            assert last["loss"] - last["loss_anchor"] < first["loss"] - first["loss_anchor"]  # the head learns
+    assert deviations["anchored"] < 1e-3 and deviations["anchored"] < deviations["plain"] / 5, deviations
+    assert head_moves["anchored"] > 30 * deviations["anchored"], (head_moves, deviations)
 
 
 def test_alpha_zero_reproduces_plain_fine_tuning_bit_for_bit(tmp_path, text_data):
@@ -92,9 +93,9 @@ def test_feature_anchor_stays_out_of_checkpoints_and_the_saved_model(tmp_path, t
 
 def test_l2sp_config_is_validated():
     with pytest.raises(ConfigError, match="alpha"):
-        validated(text_config({"train": "x.csv"}, Path("/tmp"), regularization=anchor(alpha=-1.0)))
+        validated(text_config({"train": "x.csv", "validation": None, "test": None}, Path("/tmp"), regularization=anchor(alpha=-1.0)))
     with pytest.raises(ConfigError, match="kind"):
-        validated(text_config({"train": "x.csv"}, Path("/tmp"), regularization=anchor(kind="l3sp")))
+        validated(text_config({"train": "x.csv", "validation": None, "test": None}, Path("/tmp"), regularization=anchor(kind="l3sp")))
 
 
 @pytest.mark.slow
@@ -219,10 +220,10 @@ def test_expected_calibration_error_of_known_cases():
 
 def test_calibrate_needs_class_probabilities_and_a_validation_split(tmp_path):
     with pytest.raises(ConfigError, match="regression"):
-        validated(text_config({"train": "x.csv"}, tmp_path, task={"type": "regression"},
+        validated(text_config({"train": "x.csv", "validation": None, "test": None}, tmp_path, task={"type": "regression"},
                               evaluation={"calibrate": "temperature"}))
     with pytest.raises(ConfigError, match="validation"):
-        validated(text_config({"train": "x.csv"}, tmp_path, data={"split": {"validation": 0.0}},
+        validated(text_config({"train": "x.csv", "validation": None, "test": None}, tmp_path, data={"split": {"validation": 0.0}},
                               evaluation={"calibrate": "temperature"}))
 
 
