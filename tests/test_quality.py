@@ -13,13 +13,12 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO, text_config, validated, write_config
 
 from tfsft import calibration
 from tfsft.errors import ConfigError
 from tfsft.optim import unwrapped
 from tfsft.trainer import fit_and_evaluate, prepare, train
-
-from conftest import REPO, text_config, validated, write_config
 
 
 def saved_weights(run_dir: Path) -> dict:
@@ -132,7 +131,13 @@ def test_anchor_after_sigkill_and_resume_is_the_original_pretrained_weights(tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["l2sp", "features"])
 def test_anchor_under_mirrored_strategy_matches_one_device(tmp_path, text_data, kind):
-    from test_distribute import assert_same_training, distributed_config, finish, only_run, train_in_subprocess
+    from test_distribute import (
+        assert_same_training,
+        distributed_config,
+        finish,
+        only_run,
+        train_in_subprocess,
+    )
 
     runs = {}
     for name, devices, strategy in (("single", 1, "default"), ("mirrored", 2, "mirrored")):
@@ -200,7 +205,7 @@ def test_temperature_scaling_lowers_nll_of_an_over_confident_model_and_keeps_arg
 
 
 def test_multilabel_gets_one_temperature_per_label():
-    logits, targets = over_confident(classes=2)
+    logits, _ = over_confident(classes=2)
     # Label 0: over-confident by 6; label 1: the same evidence, honest.
     multi = np.stack([logits[:, 0], logits[:, 0] / 6.0], axis=1)
     rng = np.random.default_rng(1)

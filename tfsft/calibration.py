@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -84,10 +83,10 @@ def summarize(task_type: str, logits: np.ndarray, targets: np.ndarray, temperatu
     return {"ece_before": expected_calibration_error(task_type, before, targets),
             "ece_after": expected_calibration_error(task_type, after, targets),
             "nll_before": nll(task_type, logits, targets), "nll_after": nll(task_type, logits, targets, temperature),
-            "examples": int(len(targets))}
+            "examples": len(targets)}
 
 
-def load_temperature(run_dir: str | Path) -> Optional[np.ndarray]:
+def load_temperature(run_dir: str | Path) -> np.ndarray | None:
     """The run's fitted temperature as float32 (a scalar, or one per label), or None when not calibrated."""
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():

@@ -338,7 +338,9 @@ def export_run(run_dir: str | Path, base_path: str | Path = "saved_models", name
         (extra / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (extra / "export.json").write_text(json.dumps({"run": str(run_dir.resolve()), "version": version,
                                                        "tensorflow": tf.__version__, **_text_version(),
-                                                       "verification": verification}, indent=1))
+                                                       "verification": verification,
+                                                       "calibration_temperature": None if temperature is None
+                                                       else temperature.tolist()}, indent=1))
         (extra / "model_card.md").write_text(_model_card(name, version, config, class_names, metrics, verification))
         (extra / "tf_serving_warmup_requests").write_bytes(_warmup_requests(name, modality, examples))
     target = source.model_dir / str(version)
