@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, text_config, validated, write_config
+from conftest import REPO, keyword_texts, text_config, validated, write_config, write_csv
 
 from tfsft import calibration
 from tfsft.errors import ConfigError
@@ -249,8 +249,14 @@ def test_calibrated_run_reports_and_exports_calibrated_probabilities(tmp_path, t
     from tfsft.runs import load_run
     from tfsft.tasks import get_modality
 
-    # A high learning rate for several epochs: a model that ends up surer than it is right.
-    config = validated(text_config(text_data, tmp_path, evaluation={"calibrate": "temperature"},
+    # Every 4th validation/test label flipped: the fitted temperature moves well away from 1 (a model that is
+    # always right would only be sharpened towards certainty, leaving nothing measurable to compare).
+    noisy = dict(text_data)
+    for split, seed in (("validation", 1), ("test", 2)):
+        rows = [(text, {"positive": "negative", "negative": "positive"}[label] if i % 4 == 0 else label)
+                for i, (text, label) in enumerate(keyword_texts(64, seed))]
+        noisy[split] = str(write_csv(tmp_path / f"noisy_{split}.csv", rows))
+    config = validated(text_config(noisy, tmp_path, evaluation={"calibrate": "temperature"},
                                    optimizer={"learning_rate": 1e-2}, training={"epochs": 4}))
     run_dir = train(config, resume="never", verbose=0).run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -260,7 +266,7 @@ def test_calibrated_run_reports_and_exports_calibrated_probabilities(tmp_path, t
     assert (run_dir / "plots" / "reliability.png").stat().st_size > 1000
     assert "## Calibration" in (run_dir / "report.md").read_text()
     temperature = fitted["temperature"]
-    assert abs(temperature - 1.0) > 0.05, "the test needs a model that calibration changes"
+    assert abs(temperature - 1.0) > 0.1, "the test needs a model that calibration changes"
 
     target = export_run(run_dir, tmp_path / "saved_models")
     texts = ["what a great wonderful crew", "the worst flight my bag is broken", "gate seat today happy"]
