@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = {250: 6, 1000: 3, 3000: 1}  # the same budget for every recipe at one size: ~1,500-3,000 examples seen
+EPOCHS = {250: 4, 1000: 2, 3000: 1}  # the same budget for every recipe at one size: 1,000-3,000 examples seen
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
 
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="250,1000,3000", help="Training-set sizes, comma-separated.")
     parser.add_argument("--seeds", type=int, default=3, help="Seeds per size and recipe (42, 43, ...).")
     parser.add_argument("--recipes", default="plain,l2sp,features,llrd,best+llrd")
-    parser.add_argument("--epochs", type=int, help="Override the per-size epochs (250: 6, 1000: 3, 3000: 1).")
+    parser.add_argument("--epochs", type=int, help="Override the per-size epochs (250: 4, 1000: 2, 3000: 1).")
     parser.add_argument("--max-steps", type=int, help="Cap steps per epoch (smoke runs).")
     parser.add_argument("--validation-steps", type=int, help="Cap validation batches per epoch (smoke runs).")
     parser.add_argument("--eval-limit", type=int, help="Validate/test on the first N tweets of each only (smoke runs).")
