@@ -90,6 +90,19 @@ def test_feature_anchor_stays_out_of_checkpoints_and_the_saved_model(tmp_path, t
     assert names["features"] == names["plain"]
 
 
+@pytest.mark.parametrize("kind", ["l2sp", "features"])
+def test_anchor_follows_gradual_unfreezing_under_mixed_precision_and_accumulation(tmp_path, text_data, kind):
+    config = validated(text_config(
+        text_data, tmp_path, name=kind, regularization=anchor(kind, alpha=1.0),
+        freeze={"strategy": "gradual", "schedule": [{"epoch": 0, "trainable_units": 0},
+                                                    {"epoch": 1, "trainable_units": "all"}]},
+        distribute={"mixed_precision": "mixed_float16"}, optimizer={"gradient_accumulation_steps": 2},
+        training={"epochs": 2, "steps_per_epoch": 4, "early_stopping": {"enabled": False}}))
+    history = train(config, resume="never", verbose=0).history
+    assert history[0]["loss_anchor"] == 0.0  # backbone frozen: nothing to anchor, nothing computed
+    assert 0.0 < history[1]["loss_anchor"] < 1.0 and np.isfinite(history[1]["loss"])
+
+
 def test_l2sp_config_is_validated():
     with pytest.raises(ConfigError, match="alpha"):
         validated(text_config({"train": "x.csv", "validation": None, "test": None}, Path("/tmp"), regularization=anchor(alpha=-1.0)))
