@@ -71,13 +71,13 @@ def recipe_overrides(recipe: str, args) -> dict:
 
 def run_config(recipe: str, size: int, seed: int, args, workdir: Path) -> dict:
     data = "package:tfsft/demo_data/tweets"
+    held_out = {split: args.eval_files.get(split, f"{data}/{split}.csv") for split in ("validation", "test")}
     config = {
         "name": f"q_{recipe.replace('+', '_')}_{size}_{seed}",
         "output_dir": str(workdir / "runs"),
         "seed": seed,
         "task": {"modality": "text", "type": "classification"},
-        "data": {"train": f"{data}/train.csv", "validation": args.eval_files.get("validation", f"{data}/validation.csv"),
-                 "test": args.eval_files.get("test", f"{data}/test.csv"), "max_train_examples": size},
+        "data": {"train": f"{data}/train.csv", **held_out, "max_train_examples": size},
         "text": {"max_length": args.max_length},
         "model": {"backbone": {"preset": args.preset} if args.preset != "tiny" else
                   {"architecture": "BertBackbone", "kwargs": {"num_layers": 2, "num_heads": 2, "hidden_dim": 32,

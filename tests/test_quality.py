@@ -37,6 +37,9 @@ def sgd_config(text_data, tmp_path, name, lr=0.05, **overrides):
                                   "clip": {"mode": "none"}}, **overrides)
 
 
+NO_DATA = {"train": "x.csv", "validation": None, "test": None}  # config validation never reads the files
+
+
 def anchor(kind="l2sp", alpha=0.01, beta=0.0) -> dict:
     return {"pretrained_anchor": {"kind": kind, "alpha": alpha, "beta": beta}}
 
@@ -105,9 +108,9 @@ def test_anchor_follows_gradual_unfreezing_under_mixed_precision_and_accumulatio
 
 def test_l2sp_config_is_validated():
     with pytest.raises(ConfigError, match="alpha"):
-        validated(text_config({"train": "x.csv", "validation": None, "test": None}, Path("/tmp"), regularization=anchor(alpha=-1.0)))
+        validated(text_config(NO_DATA, Path("/tmp"), regularization=anchor(alpha=-1.0)))
     with pytest.raises(ConfigError, match="kind"):
-        validated(text_config({"train": "x.csv", "validation": None, "test": None}, Path("/tmp"), regularization=anchor(kind="l3sp")))
+        validated(text_config(NO_DATA, Path("/tmp"), regularization=anchor(kind="l3sp")))
 
 
 @pytest.mark.slow
@@ -238,10 +241,10 @@ def test_expected_calibration_error_of_known_cases():
 
 def test_calibrate_needs_class_probabilities_and_a_validation_split(tmp_path):
     with pytest.raises(ConfigError, match="regression"):
-        validated(text_config({"train": "x.csv", "validation": None, "test": None}, tmp_path, task={"type": "regression"},
+        validated(text_config(NO_DATA, tmp_path, task={"type": "regression"},
                               evaluation={"calibrate": "temperature"}))
     with pytest.raises(ConfigError, match="validation"):
-        validated(text_config({"train": "x.csv", "validation": None, "test": None}, tmp_path, data={"split": {"validation": 0.0}},
+        validated(text_config(NO_DATA, tmp_path, data={"split": {"validation": 0.0}},
                               evaluation={"calibrate": "temperature"}))
 
 
@@ -251,7 +254,8 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401
 fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
 out = fn(text=tf.constant(json.loads(sys.argv[2])))
-print(json.dumps({"probabilities": out["probabilities"].numpy().tolist(), "class_id": out["class_id"].numpy().tolist()}))
+print(json.dumps({"probabilities": out["probabilities"].numpy().tolist(),
+                  "class_id": out["class_id"].numpy().tolist()}))
 """
 
 

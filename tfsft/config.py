@@ -229,7 +229,8 @@ class PretrainedAnchorConfig(Section):
         "none", description="l2sp: alpha/2 ||w - w0||^2 over the backbone; features: alpha/2 * mean ||f - f0||^2 "
                             "between pooled features of the backbone and a frozen pretrained copy (2nd forward pass).")
     alpha: float = Field(0.01, ge=0.0, le=1e6, description="Weight of the pretrained anchor.")
-    beta: float = Field(0.0, ge=0.0, le=1e6, description="beta/2 ||w||^2 over the new head (replaces its weight decay).")
+    beta: float = Field(0.0, ge=0.0, le=1e6,
+                        description="beta/2 ||w||^2 over the new head (replaces its weight decay).")
 
 
 class RegularizationConfig(Section):
