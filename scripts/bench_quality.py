@@ -17,8 +17,8 @@ max length 64: tweets are ~25 tokens) for every recipe:
 
 Every run calibrates (evaluation.calibrate: temperature on the validation split). Reported per size and recipe:
 macro-F1 on the test split (mean ± std over seeds), test ECE (15 bins) before -> after calibration, training
-seconds per run and peak RSS of the process. Results also go to --out (JSON) as they come in, so a run that is
-stopped keeps what it measured.
+seconds and peak RSS of each run (each runs in its own process). Results also go to --out (JSON) as they come
+in, so a run that is stopped keeps what it measured.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -115,6 +116,27 @@ def one_run(recipe: str, size: int, seed: int, args, workdir: Path) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def isolated_run(recipe: str, size: int, seed: int, args, workdir: Path) -> dict:
+    """One run in a fresh process: memory stays flat over 45 runs, and peak RSS is that run's own."""
+    spec = json.dumps({"recipe": recipe, "size": size, "seed": seed, "workdir": str(workdir), "args": vars(args)})
+    result = subprocess.run([sys.executable, __file__, "--worker", spec], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"run {recipe} n={size} seed={seed} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def worker(spec: str) -> int:
+    task = json.loads(spec)
+    from tfsft.cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    row = one_run(task["recipe"], task["size"], task["seed"], argparse.Namespace(**task["args"]),
+                  Path(task["workdir"]))
+    print(json.dumps(row), flush=True)
+    return 0
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "–"
@@ -124,7 +146,7 @@ def mean_std(values: list[float]) -> str:
 
 def table(results: list[dict], sizes: list[int], recipes: list[str]) -> str:
     lines = ["| train examples | recipe | seeds | test macro-F1 (mean ± std) | test ECE before -> after | "
-             "train s/run |", "|---|---|---|---|---|---|"]
+             "train s/run | peak RSS MB |", "|---|---|---|---|---|---|---|"]
     for size in sizes:
         for recipe in recipes:
             rows = [r for r in results if r["size"] == size and r["recipe"] == recipe]
@@ -133,8 +155,9 @@ def table(results: list[dict], sizes: list[int], recipes: list[str]) -> str:
             ece_b = statistics.mean(r["ece_before"] for r in rows)
             ece_a = statistics.mean(r["ece_after"] for r in rows)
             seconds = statistics.mean(r["train_seconds"] for r in rows)
+            rss = max(r["peak_rss_mb"] for r in rows)
             lines.append(f"| {size:,} | {recipe} | {len(rows)} | {mean_std([r['macro_f1'] for r in rows])} | "
-                         f"{ece_b:.4f} -> {ece_a:.4f} | {seconds:.0f} |")
+                         f"{ece_b:.4f} -> {ece_a:.4f} | {seconds:.0f} | {rss:.0f} |")
     return "\n".join(lines)
 
 
@@ -148,6 +171,8 @@ def best_anchor(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        return worker(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="250,1000,3000", help="Training-set sizes, comma-separated.")
     parser.add_argument("--seeds", type=int, default=3, help="Seeds per size and recipe (42, 43, ...).")
@@ -194,7 +219,7 @@ def main(argv=None) -> int:
         resolved = recipe.replace("best", best_anchor(results)) if recipe.startswith("best") else recipe
         for size in sizes:
             for seed in seeds:
-                row = one_run(resolved, size, seed, args, workdir)
+                row = isolated_run(resolved, size, seed, args, workdir)
                 row["recipe"] = recipe if resolved == recipe else f"{recipe} ({resolved})"
                 results.append(row)
                 Path(args.out).write_text(json.dumps({"cpu": cpu_description(), "args": vars(args),
