@@ -181,6 +181,9 @@ class FreezeConfig(Section):
         ]
     )
     backbone_lr_factor: float = Field(1.0, gt=0.0, le=10.0, description="Backbone LR = head LR x this factor.")
+    layerwise_lr_decay: float = Field(
+        1.0, gt=0.0, le=1.0, description="Layer-wise LR decay: a backbone unit's LR = head LR x backbone_lr_factor x "
+                                         "this^(depth from the top: 1 for the top unit, units+1... for the stem).")
     train_batchnorm: Union[bool, Literal["auto"]] = Field(
         "auto", description="Unfrozen BatchNorm layers learn and update their statistics. auto: only for a backbone "
                             "without pretrained weights; pretrained BatchNorm stays in inference mode."
@@ -229,6 +232,22 @@ class ScheduleConfig(Section):
     decay_rate: float = Field(0.5, gt=0.0, le=1.0, description="exponential: factor per decay_steps.")
     decay_steps: Optional[int] = Field(None, ge=1, description="exponential: default one epoch.")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Floor of cosine/linear/exponential decay.")
+
+
+# ----------------------------------------------------------------------------------------- regularization
+class PretrainedAnchorConfig(Section):
+    """Keep the fine-tuned backbone near the pretrained one (tfsft/regularization.py)."""
+
+    kind: Literal["none", "l2sp", "features"] = Field(
+        "none", description="l2sp: alpha/2 ||w - w0||^2 over the backbone; features: alpha/2 * mean ||f - f0||^2 "
+                            "between pooled features of the backbone and a frozen pretrained copy (2nd forward pass).")
+    alpha: float = Field(0.01, ge=0.0, le=1e6, description="Weight of the pretrained anchor.")
+    beta: float = Field(0.0, ge=0.0, le=1e6,
+                        description="beta/2 ||w||^2 over the new head (replaces its weight decay).")
+
+
+class RegularizationConfig(Section):
+    pretrained_anchor: PretrainedAnchorConfig = PretrainedAnchorConfig()
 
 
 # ----------------------------------------------------------------------------------------- training loop
@@ -282,6 +301,9 @@ class DistributeConfig(Section):
 class EvaluationConfig(Section):
     worst_examples: int = Field(50, ge=0, description="Rows in worst_examples.csv.")
     multilabel_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    calibrate: Literal["none", "temperature"] = Field(
+        "none", description="temperature: fit a temperature on the validation split after training (one per label "
+                            "for multilabel); reported and baked into the exported probabilities.")
 
 
 class ExportConfig(Section):
@@ -402,6 +424,7 @@ class RunConfig(Section):
     freeze: FreezeConfig = FreezeConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    regularization: RegularizationConfig = RegularizationConfig()
     training: TrainingConfig = TrainingConfig()
     distribute: DistributeConfig = DistributeConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -414,6 +437,12 @@ class RunConfig(Section):
     def _cross_checks(self):
         if self.task.type == "regression" and (self.image.augment.mixup_alpha or self.image.augment.cutmix_alpha):
             raise ValueError("MixUp/CutMix mix class labels: they need task.type classification or multilabel")
+        if self.evaluation.calibrate != "none":
+            if self.task.type == "regression":
+                raise ValueError("evaluation.calibrate scales class probabilities; regression has none: set it to none")
+            if self.data.validation is None and self.data.split.validation == 0:
+                raise ValueError("evaluation.calibrate fits on the validation split: give data.validation or a "
+                                 "data.split.validation > 0")
         if self.data.format == "image_folder" and self.task.modality != "image":
             raise ValueError("data.format image_folder needs task.modality: image")
         if self.tune is not None:

@@ -19,11 +19,29 @@ HEADLINE = {"classification": ("accuracy", "macro_f1"), "multilabel": ("subset_a
             "regression": ("mae", "rmse")}
 
 
+def predict_logits(model, modality, records: Records, targets: np.ndarray, batch_size: int) -> np.ndarray:
+    dataset = modality.dataset(records, targets, training=False, batch_size=batch_size)
+    return model.predict(dataset.map(lambda x, y: x), verbose=0)
+
+
 def predict_scores(model, modality, records: Records, targets: np.ndarray, config: RunConfig,
                    batch_size: int) -> np.ndarray:
-    dataset = modality.dataset(records, targets, training=False, batch_size=batch_size)
-    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
-    return activation(config.task.type, outputs)
+    return activation(config.task.type, predict_logits(model, modality, records, targets, batch_size))
+
+
+def _calibrate(p, results: dict) -> None:
+    """evaluation.calibrate: fit the temperature on validation; ECE/NLL before and after into `results`."""
+    from tfsft import calibration
+
+    batch = max(p.config.training.batch_size, 64)
+    splits = [s for s in ("validation", "test") if getattr(p.splits, s) is not None]
+    logits = {s: predict_logits(p.model, p.modality, getattr(p.splits, s), p.targets[s], batch) for s in splits}
+    results["calibration"] = calibration.calibrate_run(p.config.task.type, logits,
+                                                       {s: p.targets[s] for s in splits}, p.run.path)
+    fitted = results["calibration"]
+    print(f"Calibration: temperature {fitted['temperature']}; validation ECE {fitted['validation']['ece_before']:.4f}"
+          f" -> {fitted['validation']['ece_after']:.4f}, NLL {fitted['validation']['nll_before']:.4f} -> "
+          f"{fitted['validation']['nll_after']:.4f}", flush=True)
 
 
 def evaluate_records(model, modality, records: Records, targets: np.ndarray, config: RunConfig,
@@ -64,6 +82,8 @@ def evaluate_run(p, history: list[dict], warnings: list[str], train_seconds: flo
             continue
         results[split] = evaluate_records(p.model, p.modality, records, p.targets[split], config,
                                           p.splits.classes.names, run.path, prefix=split)
+    if config.evaluation.calibrate == "temperature":
+        _calibrate(p, results)
     (run / "metrics.json").write_text(json.dumps(results, indent=1))
     main = results.get("test") or results.get("validation") or {}
     plots = [str(path.relative_to(run.path)) for path in sorted(run.plots.glob("*.png"))]
@@ -73,7 +93,16 @@ def evaluate_run(p, history: list[dict], warnings: list[str], train_seconds: flo
                "learning_rate": config.optimizer.learning_rate, "schedule": config.schedule.name,
                "epochs": config.training.epochs, "batch_size": config.training.batch_size,
                "train_examples": len(p.splits.train), "train_seconds": round(train_seconds, 1)}
+    anchor = config.regularization.pretrained_anchor
+    if anchor.kind != "none":
+        summary["pretrained_anchor"] = f"{anchor.kind} alpha={anchor.alpha} beta={anchor.beta}"
+    if config.freeze.layerwise_lr_decay != 1.0:
+        summary["layerwise_lr_decay"] = config.freeze.layerwise_lr_decay
     report = reporting.render_report(config.name, main, summary, history, warnings, plots, len(p.splits.bad.items))
+    if "calibration" in results:
+        from tfsft.calibration import report_section
+
+        report += "\n" + report_section(results["calibration"])
     (run / "report.md").write_text(report, encoding="utf-8")
     headline = ", ".join(f"{k}={main[k]:.4f}" for k in HEADLINE[config.task.type] if main.get(k) is not None)
     which = "test" if "test" in results else "validation"

@@ -104,9 +104,12 @@ def _outputs(task_type: str, logits, class_names: list[str], threshold: float, s
     }
 
 
-def build_archive(config, class_names: list[str], model, modality):
-    """A Keras ExportArchive whose endpoints take raw inputs; tokenizer/image resources tracked."""
+def build_archive(config, class_names: list[str], model, modality, temperature=None):
+    """A Keras ExportArchive whose endpoints take raw inputs; tokenizer/image resources tracked.
+
+    `temperature` (tfsft.calibration): the logits are divided by it before the softmax/sigmoid."""
     import keras
+    import tensorflow as tf
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -116,6 +119,8 @@ def build_archive(config, class_names: list[str], model, modality):
     def make_endpoint(signature: str, names: list[str]):
         def endpoint(*args):
             logits = modality.serving_outputs(model, signature, dict(zip(names, args)))
+            if temperature is not None:
+                logits = tf.cast(logits, tf.float32) / tf.constant(temperature, tf.float32)
             return _outputs(config.task.type, logits, class_names, config.evaluation.multilabel_threshold,
                             config.data.label_separator)
         return endpoint
@@ -146,19 +151,22 @@ print(json.dumps({"signatures": sorted(loaded.signatures), "strings": strings, "
 """
 
 
-def _expected_scores(config, model, modality, records, count):
+def _expected_scores(config, model, modality, records, count, temperature=None):
     """Scores of the Keras model on the training-time input pipeline (not the exported preprocessing)."""
     from tfsft.model import activation
 
     subset = records.subset(range(min(count, len(records))))
     targets = np.zeros((len(subset), model.output_shape[-1]), np.float32)
     dataset = modality.dataset(subset, targets, training=False, batch_size=len(subset))
-    return subset, activation(config.task.type, model.predict(dataset.map(lambda x, y: x), verbose=0))
+    logits = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    if temperature is not None:
+        logits = np.asarray(logits, np.float32) / temperature
+    return subset, activation(config.task.type, logits)
 
 
-def verify_in_fresh_process(path: Path, config, class_names, model, modality, records) -> dict:
+def verify_in_fresh_process(path: Path, config, class_names, model, modality, records, temperature=None) -> dict:
     """Reload the SavedModel with only TF + TF Text and compare its scores with the Keras model's."""
-    subset, expected = _expected_scores(config, model, modality, records, VERIFY_EXAMPLES)
+    subset, expected = _expected_scores(config, model, modality, records, VERIFY_EXAMPLES, temperature)
     raw = modality.serving_examples(subset, len(subset))
     with tempfile.TemporaryDirectory() as tmp:
         inputs_file, output_file = Path(tmp) / "inputs.json", Path(tmp) / "outputs.npz"
@@ -307,10 +315,14 @@ def export_run(run_dir: str | Path, base_path: str | Path = "saved_models", name
     run_dir, config, class_names, model, modality = (source.run_dir, source.config, source.class_names,
                                                      source.model, source.modality)
     name, version, examples = source.name, source.version, source.examples
+    from tfsft.calibration import load_temperature
+
+    temperature = load_temperature(run_dir)  # evaluation.calibrate: baked into the probabilities
     with staged_version(source.model_dir, version) as staging:
-        archive = build_archive(config, class_names, model, modality)
+        archive = build_archive(config, class_names, model, modality, temperature)
         archive.write_out(str(staging), verbose=False)
-        verification = verify_in_fresh_process(staging, config, class_names, model, modality, examples) if verify else \
+        verification = verify_in_fresh_process(staging, config, class_names, model, modality, examples,
+                                               temperature) if verify else \
             {"examples": 0, "max_abs_difference": float("nan"), "signatures": []}
         extra = staging / "assets.extra"
         extra.mkdir()
@@ -320,7 +332,9 @@ def export_run(run_dir: str | Path, base_path: str | Path = "saved_models", name
         (extra / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (extra / "export.json").write_text(json.dumps({"run": str(run_dir.resolve()), "version": version,
                                                        "tensorflow": tf.__version__, **_text_version(),
-                                                       "verification": verification}, indent=1))
+                                                       "verification": verification,
+                                                       "calibration_temperature": None if temperature is None
+                                                       else temperature.tolist()}, indent=1))
         (extra / "model_card.md").write_text(_model_card(name, version, config, class_names, metrics, verification))
         (extra / "tf_serving_warmup_requests").write_bytes(_warmup_requests(name, modality, examples))
     target = source.model_dir / str(version)

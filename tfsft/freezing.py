@@ -142,11 +142,24 @@ class FreezePlan:
     def _all_layers(self):
         return self.backbone._flatten_layers(include_self=False, recursive=True)
 
-    def backbone_lr_multipliers(self) -> dict:
-        if self.cfg.backbone_lr_factor == 1.0:
-            return {}
-        # (variable, factor) pairs: Keras 3 variables are not hashable, so they cannot key a dict.
-        return [(w, self.cfg.backbone_lr_factor) for w in self.backbone.weights]
+    def backbone_lr_multipliers(self) -> list[tuple]:
+        """(variable, LR multiplier) of each backbone variable: backbone_lr_factor x layerwise_lr_decay^depth.
+
+        Depth counts from the top: the top unit has depth 1, the stem depth len(units) (ELECTRA/BEiT: the head is
+        depth 0). Keras variables are not hashable, hence pairs rather than a dict."""
+        factor, decay = self.cfg.backbone_lr_factor, self.cfg.layerwise_lr_decay
+        if factor == 1.0 and decay == 1.0:
+            return []
+        multipliers = {id(w): (w, factor) for w in self.backbone.weights}
+        if decay != 1.0:
+            for depth, unit in enumerate(reversed(self.units), start=1):
+                for w in unit.weights():
+                    multipliers[id(w)] = (w, factor * decay ** depth)
+        return list(multipliers.values())
+
+    def unit_lr_multiplier(self, unit: Unit) -> float:
+        depth = len(self.units) - self.units.index(unit)
+        return self.cfg.backbone_lr_factor * self.cfg.layerwise_lr_decay ** depth
 
     def summary(self, model: keras.Model) -> str:
         def count(weights):
@@ -165,7 +178,8 @@ class FreezePlan:
         for unit in self.units:
             weights = unit.weights()
             n_train = count([w for w in weights if id(w) in trainable_ids])
-            lines.append(f"  {unit.name:<28} params={count(weights):>11,}  trainable={n_train:>11,}")
+            lr = f"  LR x{self.unit_lr_multiplier(unit):.3g}" if self.cfg.layerwise_lr_decay != 1.0 else ""
+            lines.append(f"  {unit.name:<28} params={count(weights):>11,}  trainable={n_train:>11,}{lr}")
         return "\n".join(lines)
 
 

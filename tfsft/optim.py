@@ -85,8 +85,8 @@ class ScaledLearningRates:
             # `self.variables` keeps checkpoints compatible across freezing configurations.
             self.stage_factor = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="stage_lr_factor")
 
-    def set_lr_multipliers(self, multipliers: dict) -> None:
-        """`multipliers`: (variable, factor) pairs (or a dict); unlisted variables use 1.0."""
+    def set_lr_multipliers(self, multipliers) -> None:
+        """`multipliers`: (variable, factor) pairs, or a dict of them; unlisted variables use 1.0."""
         self._ensure_scaling_state()
         pairs = multipliers.items() if isinstance(multipliers, dict) else multipliers
         self._lr_multipliers = {self._var_key(v): float(f) for v, f in pairs}
@@ -215,3 +215,10 @@ def build_optimizer(cfg: OptimizerConfig, schedule, model: keras.Model) -> keras
 def unwrapped(optimizer) -> ScaledLearningRates:
     """tfsft's optimizer behind Keras's LossScaleOptimizer, which compile() wraps it in under mixed_float16."""
     return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def exclude_from_weight_decay(optimizer, variables) -> None:
+    """Add `variables` to the optimizer's weight-decay exclusions (Keras's own method replaces the set)."""
+    excluded = set(getattr(optimizer, "_exclude_from_weight_decay", None) or ())
+    optimizer._exclude_from_weight_decay = excluded | {optimizer._var_key(v) for v in variables}
+    optimizer._exclude_from_weight_decay_cache = {}

@@ -244,7 +244,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 HEADLINES = ("accuracy", "macro_f1", "weighted_f1", "top_2_accuracy", "log_loss", "subset_accuracy", "micro_f1",
              "macro_auc", "hamming_loss", "mae", "rmse", "r2", "pearson")
 HISTORY_KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "macro_f1", "val_macro_f1", "auc", "val_auc", "mae",
-                "val_mae", "learning_rate")
+                "val_mae", "loss_anchor", "learning_rate")
 
 
 def render_report(run_name: str, metrics: dict, config_summary: dict, history: list[dict], warnings: list[str],

@@ -30,6 +30,7 @@ from tfsft.evaluation import evaluate_run
 from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
 from tfsft.optim import build_optimizer, build_schedule
+from tfsft.regularization import PretrainedAnchor, build_anchor
 from tfsft.rundir import RunDir, open_run_dir
 from tfsft.runtime import log_choices
 from tfsft.step_logging import monitoring_callbacks
@@ -63,6 +64,7 @@ class Prepared:
     steps_per_epoch: int
     batch_size: int  # global: per-replica batch x replicas
     targets: dict
+    anchor: Optional[PretrainedAnchor] = None  # regularization.pretrained_anchor, captured before any restore
 
 
 def _steps_per_epoch(config: RunConfig, n_train: int, batch_size: int) -> int:
@@ -126,6 +128,8 @@ def _build(config, run, splits, modality, strategy) -> Prepared:
                           pretrained=is_pretrained(config.model.backbone))
         schedule = build_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
         optimizer = build_optimizer(config.optimizer, schedule, model)
+        # Built from the freshly loaded backbone: a checkpoint is only restored later, in fit_and_evaluate.
+        anchor = build_anchor(config.regularization.pretrained_anchor, model, backbone, modality, optimizer)
         model.compile(optimizer=optimizer, loss=loss_for(config), metrics=metrics_for(config, num_outputs),
                       jit_compile=resolve_jit_compile(config.training.jit_compile),
                       steps_per_execution=config.training.steps_per_execution)
@@ -138,7 +142,7 @@ def _build(config, run, splits, modality, strategy) -> Prepared:
     log.info("Precision policy %s, strategy %s (%d replicas), global batch %d", precision, type(strategy).__name__,
              strategy.num_replicas_in_sync, batch_size)
     return Prepared(config, run, splits, modality, strategy, model, backbone, plan, steps_per_epoch, batch_size,
-                    targets)
+                    targets, anchor)
 
 
 def train(config: RunConfig, resume: str = "auto", verbose: Optional[int] = None,
@@ -180,6 +184,7 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
         epoch, stage, p.plan.stage_index(epoch)))
     callbacks = [
         freezing,
+        *([p.anchor.callback()] if p.anchor else []),  # before the monitor, which records the logs
         monitor,
         checkpoint,
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
