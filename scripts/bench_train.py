@@ -161,7 +161,6 @@ def worker_tfsft_text(args, data: dict) -> dict:
 
     quiet_tensorflow()
     from tfsft.config import validate
-    from tfsft.evaluation import predict_scores
     from tfsft.trainer import fit_and_evaluate, prepare
 
     config = validate({
@@ -228,7 +227,6 @@ def worker_keras_hub_text(args, data: dict) -> dict:
 
 
 def worker_hf_text(args, data: dict) -> dict:
-    import numpy as np
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainerCallback, TrainingArguments)

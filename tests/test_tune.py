@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tfsft.config import load_config
 from tfsft.errors import ConfigError
 from tfsft.tuning import run_search, search_id
 

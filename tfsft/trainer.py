@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfsft.backbones import is_pretrained

@@ -10,7 +10,6 @@ its last checkpoint.
 
 from __future__ import annotations
 
-import copy
 import gc
 import hashlib
 import json
