@@ -304,7 +304,7 @@ EXPORT = [
     ("export-no-run-argument", lambda w: [], ["--run"]),
     ("export-run-missing", lambda w: ["--run", str(w.root / "runs" / "nope")], ["nope", "does not exist"]),
     ("export-run-is-file", lambda w: ["--run", a_file(w)], ["plain.txt", "is a file"]),
-    ("export-run-not-a-run", lambda w: ["--run", str(w.root / "configs")], ["configs", "config.yaml"]),
+    ("export-run-not-a-run", lambda w: ["--run", str(w.root / "configs")], ["configs", "status.json"]),
     ("export-format-unknown", lambda w: ["--run", str(w.text_run), "--format", "tflite"], ["--format", "tflite"]),
 ]
 

@@ -225,7 +225,7 @@ def test_export_refuses_a_run_without_status(capsys, export_world):
 def test_export_refuses_a_missing_run(capsys, export_world, tmp_path):
     _, base = export_world
     message = refused(capsys, export_main, ["--run", str(tmp_path / "no-such-run"), "--base-path", str(base)])
-    assert names(message, tmp_path / "no-such-run") and "not a folder" in message
+    assert names(message, tmp_path / "no-such-run") and "does not exist" in message
 
 
 @pytest.mark.slow

@@ -37,7 +37,8 @@ def check_name_and_version(name: str, version: Optional[int]) -> None:
 def check_run_completed(run_dir: Path, force: bool) -> None:
     """Refuse a run that is not a folder, or whose status.json does not say completed (unless `force`)."""
     if not Path(run_dir).is_dir():
-        raise ExportError(f"The run '{run_dir}' is not a folder: pass a run directory (runs/<name>/<id>).")
+        what = "is a file, not a folder" if Path(run_dir).exists() else "does not exist"
+        raise ExportError(f"The run '{run_dir}' {what}: pass the directory of a finished run (runs/<name>/<id>).")
     state = run_state(run_dir)
     if state != "completed" and not force:
         said = f"its status.json says '{state}'" if state else "it has no readable status.json"

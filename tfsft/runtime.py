@@ -76,16 +76,19 @@ class Choice:
 CHOICES: list[Choice] = []
 
 
+CHOSEN_BY_TFSFT = "TFSFT_SET_ONEDNN_OPTS"  # marks the variable as tfsft's choice for child processes
+
+
 def _onednn_choice(info: CpuInfo, environ) -> Choice:
     user = environ.get("TF_ENABLE_ONEDNN_OPTS")
-    if user is not None:
+    if user is not None and environ.get(CHOSEN_BY_TFSFT) != user:
         return Choice("oneDNN kernels", "on" if user.strip() not in ("0", "false", "False") else "off",
                       f"TF_ENABLE_ONEDNN_OPTS={user} was set by you")
     if info.machine.lower() not in ("x86_64", "amd64"):
         return Choice("oneDNN kernels", "TensorFlow's default", f"not an x86-64 CPU ({info.machine})")
     if info.isa == "older":
         return Choice("oneDNN kernels", "TensorFlow's default", "the CPU lacks AVX2 + FMA")
-    environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    environ["TF_ENABLE_ONEDNN_OPTS"] = environ[CHOSEN_BY_TFSFT] = "1"
     return Choice("oneDNN kernels", "on", f"{info.isa.upper()} CPU: TensorFlow would use its Eigen kernels unless "
                   "the CPU has AVX-512 VNNI/AMX; oneDNN measured 2.3x faster training steps on AVX2")
 
