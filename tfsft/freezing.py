@@ -203,7 +203,6 @@ class FreezingCallback(keras.callbacks.Callback):
         self.current = stage
         message = f"Epoch {epoch + 1}: freezing stage {self.plan.stage_index(epoch)}: " \
                   f"{stage.describe(len(self.plan.blocks))}, LR factor {stage.lr_factor}"
-        log.info(message)
-        print(message, flush=True)
+        print(message, flush=True)  # once: the log would repeat it on the same terminal
         if self.on_change:
             self.on_change(epoch, stage)
