@@ -204,7 +204,9 @@ class TextModality:
             chunk = {name: value[start:start + SERVING_CHUNK] for name, value in features.items()}
             return tf.cast(model(self._trim(chunk, None)[0], training=False), tf.float32)
 
-        outputs = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
+        # The element shape lets an empty request concatenate to [0, outputs] instead of failing.
+        outputs = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False,
+                                 element_shape=tf.TensorShape([None, model.output_shape[-1]]))
         _, outputs = tf.while_loop(lambda i, _: i * SERVING_CHUNK < count,
                                    lambda i, out: (i + 1, out.write(i, chunk_outputs(i * SERVING_CHUNK))),
                                    (tf.constant(0), outputs))
