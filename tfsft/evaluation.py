@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -13,15 +14,44 @@ from tfsft.config import RunConfig
 from tfsft.data import Records
 from tfsft.model import activation
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 log = logging.getLogger(__name__)
 
 HEADLINE = {"classification": ("accuracy", "macro_f1"), "multilabel": ("subset_accuracy", "macro_f1"),
             "regression": ("mae", "rmse")}
 
 
+# Private switch: False evaluates in file order (the behaviour before length-sorted evaluation); tests compare both.
+_SORTED = True
+
+
+def evaluation_dataset(modality, records: Records, targets: np.ndarray, batch_size: int,
+                       steps: Optional[int] = None) -> tuple[tf.data.Dataset, np.ndarray]:
+    """`(inputs, targets)` batches of a split for a forward pass outside training, in the modality's evaluation
+    order (text: by length, so each batch is padded less), and that order: position k holds record `order[k]`.
+
+    Aggregated metrics (loss and metric means, F1/AUC confusion counts) do not depend on the order; anything kept
+    per example must be put back with `in_record_order`. `steps` caps the batches a pass reads (Keras's
+    validation_steps): each run of that many batches holds the same records as in file order.
+    """
+    block = steps * batch_size if steps else None
+    order = modality.evaluation_order(records, block) if _SORTED else np.arange(len(records))
+    if not np.array_equal(order, np.arange(len(records))):
+        records, targets = records.subset(order), targets[order]
+    return modality.dataset(records, targets, training=False, batch_size=batch_size), order
+
+
+def in_record_order(outputs: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Outputs computed in `order` (see `evaluation_dataset`), back in the records' own order."""
+    return outputs[np.argsort(order)]
+
+
 def predict_logits(model, modality, records: Records, targets: np.ndarray, batch_size: int) -> np.ndarray:
-    dataset = modality.dataset(records, targets, training=False, batch_size=batch_size)
-    return model.predict(dataset.map(lambda x, y: x), verbose=0)
+    """The model's outputs for every record, in the records' order (computed in the modality's evaluation order)."""
+    dataset, order = evaluation_dataset(modality, records, targets, batch_size)
+    return in_record_order(model.predict(dataset.map(lambda x, y: x), verbose=0), order)
 
 
 def predict_scores(model, modality, records: Records, targets: np.ndarray, config: RunConfig,

@@ -25,7 +25,7 @@ from tfsft.distribute import (distribute_global_batches, drop_batches_smaller_th
                               make_strategy, patch_keras_for_multi_worker, resolve_jit_compile, set_precision,
                               with_class_weights)
 from tfsft.errors import ConfigError, TfsftError, TrainingAborted
-from tfsft.evaluation import evaluate_run
+from tfsft.evaluation import evaluate_run, evaluation_dataset
 from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
 from tfsft.optim import build_optimizer, build_schedule
@@ -195,7 +195,8 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
     train_ds = p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=batch)
     val_ds = None
     if p.splits.validation is not None:
-        val_ds = p.modality.dataset(p.splits.validation, p.targets["validation"], training=False, batch_size=batch)
+        val_ds, _ = evaluation_dataset(p.modality, p.splits.validation, p.targets["validation"], batch,
+                                       config.training.validation_steps)  # aggregated metrics only: any order
     callbacks[len(callbacks) - len(extra_callbacks):len(callbacks) - len(extra_callbacks)] = monitoring_callbacks(
         config.logging, model, p.plan, p.strategy, run, p.steps_per_epoch, config.training.epochs, p.batch_size,
         val_ds, config.training.validation_steps, sinks=[trackers] if trackers else (), write=chief)

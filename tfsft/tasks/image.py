@@ -139,6 +139,10 @@ class ImageModality:
         pass
 
     # ------------------------------------------------------------------------------------- tf.data
+    def evaluation_order(self, records: Records, block: Optional[int] = None) -> np.ndarray:
+        """Record order for forward passes outside training: file order, since every image costs the same."""
+        return np.arange(len(records))
+
     def _load(self, path, target):
         pixels = decode_and_resize(tf.io.read_file(path), self.size, self.channels)
         # uint8 keeps the in-memory cache 4x smaller; the pixels are already whole numbers in 0..255.

@@ -161,6 +161,23 @@ class TextModality:
         max_length = self.config.text.max_length
         return sorted({b for b in self.config.text.bucket_boundaries if b < max_length} | {max_length})
 
+    def evaluation_order(self, records: Records, block: Optional[int] = None) -> np.ndarray:
+        """Record order for forward passes outside training: by token length within each run of `block` records.
+
+        An evaluation batch is padded to its longest text (`_trim`), so in file order a batch of tweets of 10-60
+        tokens costs 64 positions per row; batches of neighbours in length cost each row about its own length.
+        Ties keep file order. `block` (the records a capped validation covers: `validation_steps` batches) keeps
+        the same records in each run of batches as in file order; None sorts the whole split.
+        """
+        columns = {name: np.asarray(values, dtype=object) for name, values in records.inputs.items()}
+        pad = self.tokenizer.pad_token_id
+        batches = tf.data.Dataset.from_tensor_slices(columns).batch(512).map(
+            lambda f: tf.reduce_sum(tf.cast(self.tokenize(f)["token_ids"] != pad, tf.int32), axis=1),
+            num_parallel_calls=AUTOTUNE)
+        lengths = np.concatenate([np.zeros(0, np.int32), *(b.numpy() for b in batches)])
+        runs = np.arange(len(records)) // (block or max(len(records), 1))
+        return np.lexsort((lengths, runs))  # stable: by run, then by length, then by position
+
     def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
         columns = {name: np.asarray(records.inputs[name], dtype=object) for name in records.inputs}
         ds = tf.data.Dataset.from_tensor_slices((columns, targets))
