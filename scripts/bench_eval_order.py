@@ -69,7 +69,7 @@ def main() -> None:
         for sort in (False, True):
             times[sort].append(timed(sort)[0])
         started = time.perf_counter()
-        order = modality.evaluation_order(records)
+        modality.evaluation_order(records)
         order_times.append(time.perf_counter() - started)
     evaluation._SORTED = True
 
