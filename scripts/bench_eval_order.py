@@ -68,6 +68,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for sort in (False, True):
             times[sort].append(timed(sort)[0])
+            print(f"  {'length-sorted' if sort else 'file order'}: {times[sort][-1]:.1f} s", flush=True)
         started = time.perf_counter()
         modality.evaluation_order(records)
         order_times.append(time.perf_counter() - started)
