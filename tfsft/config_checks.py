@@ -41,7 +41,7 @@ def _suggestion(name: str, valid: list[str]) -> str:
 def monitor_problem(config) -> str | None:
     monitor = config.training.early_stopping.monitor
     valid = logged_metrics(config)
-    # Without a validation split the monitor falls back from val_x to x (tfsft.callbacks.RunMonitor).
+    # Without a validation split the monitor falls back from val_x to x (tfsft.callbacks.MonitoredMetric).
     effective = monitor if has_validation(config) or not monitor.startswith("val_") else monitor[len("val_"):]
     if effective in valid:
         return None
