@@ -20,7 +20,7 @@ import keras
 
 from tfsft.config import FreezeConfig
 from tfsft.keras_internals import flatten_layers
-from tfsft.learning_rate import set_stage, unit_multiplier
+from tfsft.learning_rate import attach, set_stage, unit_multiplier
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,14 @@ class FreezePlan:
         if self.stages[index] != self._applied:
             self.apply(self.stages[index])
         return self.stages[index]
+
+    def start(self, model: keras.Model, optimizer) -> None:
+        """Before the first `fit`: optimizer slots for every variable any stage trains (so later stages can train),
+        then stage 0 entered and the optimizer given its learning-rate terms (tfsft.learning_rate)."""
+        self.apply(self.final_stage)
+        optimizer.build(model.trainable_variables)
+        self.enter(0)  # applies stage 0 only if it differs from the final stage; a resumed run enters its own later
+        attach(optimizer, self)
 
     @property
     def blocks(self) -> list[Unit]:

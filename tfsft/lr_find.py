@@ -85,7 +85,6 @@ def run_sweep(config, output: Path, start: float, end: float, steps: int) -> tup
     from tfsft.backbones import is_pretrained
     from tfsft.data import load_splits
     from tfsft.distribute import make_strategy
-    from tfsft import learning_rate
     from tfsft.freezing import FreezePlan
     from tfsft.model import build_model, loss_for, metrics_for
     from tfsft.optim import build_optimizer
@@ -111,12 +110,10 @@ def run_sweep(config, output: Path, start: float, end: float, steps: int) -> tup
         model = build_model(config, modality, backbone, num_outputs)
         plan = FreezePlan(config.freeze, backbone, modality.unused_backbone_layers(backbone),
                           pretrained=is_pretrained(config.model.backbone))
-        plan.enter(0)
         # The sweep takes the schedule term of tfsft.learning_rate's formula; the stage and per-variable terms stay.
         optimizer = build_optimizer(config.optimizer, Sweep(), model)
         model.compile(optimizer=optimizer, loss=loss_for(config), metrics=metrics_for(config, num_outputs))
-        optimizer.build(model.trainable_variables)
-        learning_rate.attach(optimizer, plan)
+        plan.start(model, optimizer)  # the stage of epoch 1
 
     recorder = make_recorder(rates)
     dataset = modality.dataset(splits.train, targets, training=True, batch_size=batch_size)

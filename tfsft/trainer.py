@@ -29,7 +29,6 @@ from tfsft.errors import ConfigError, TfsftError, TrainingAborted
 from tfsft.evaluation import evaluate_run
 from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
-from tfsft import learning_rate
 from tfsft.learning_rate import build_schedule
 from tfsft.optim import build_optimizer
 from tfsft.regularization import PretrainedAnchor, build_anchor
@@ -134,12 +133,8 @@ def _build(config, run, splits, modality, strategy) -> Prepared:
         model.compile(optimizer=optimizer, loss=loss_for(config), metrics=metrics_for(config, num_outputs),
                       jit_compile=resolve_jit_compile(config.training.jit_compile),
                       steps_per_execution=config.training.steps_per_execution)
-        # Build optimizer slots for every variable any freezing stage may train, so later stages can train.
-        plan.apply(plan.final_stage)
-        optimizer.build(model.trainable_variables)
+        plan.start(model, optimizer)
         patch_keras_for_multi_worker(model, strategy)
-        plan.enter(0)  # a resumed run enters its own epoch's stage in FreezingCallback
-        learning_rate.attach(optimizer, plan)
     log.info("Precision policy %s, strategy %s (%d replicas), global batch %d", precision, type(strategy).__name__,
              strategy.num_replicas_in_sync, batch_size)
     return Prepared(config, run, splits, modality, strategy, model, backbone, plan, steps_per_epoch, batch_size,
