@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfsft.config import EarlyStoppingConfig
+from tfsft.config import EarlyStoppingConfig, TrainingConfig
 from tfsft.metric_direction import resolve_direction
 from tfsft.learning_rate import get_lr
 
@@ -107,7 +107,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
 # ----------------------------------------------------------------------------------------- one callback per concern
 # They share two explicit objects, no callback knows another: the `TrainingState` (epoch history, plus whether the
-# loss diverged) and the `FreezePlan` (its current stage). `epoch_callbacks` puts them in the order they rely on.
+# loss diverged) and the `FreezePlan` (its current stage). `Monitors` puts them in the order they rely on.
 @dataclass(frozen=True)
 class MonitoredMetric:
     """The metric best weights and early stopping follow, and whether lower or higher is better.
@@ -259,3 +259,31 @@ class ScheduleScalars(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.writer is not None and not self.state.diverged:
             self._write(epoch, prefix="epoch_")
+
+
+@dataclass
+class Monitors:
+    """The monitoring callbacks of one run, in the order they rely on: the NaN guard first (it marks the state
+    before anything records), the history before best weights, early stopping and the overfitting warning read it."""
+
+    metric: MonitoredMetric
+    nan_guard: NanGuard
+    history: EpochHistory
+    best_weights: BestWeights
+    overfitting: OverfittingWarning
+    schedule_scalars: ScheduleScalars
+    early_stopping: EarlyStopping
+
+    @classmethod
+    def build(cls, training: TrainingConfig, state: TrainingState, plan, best_weights: Path, log_dir: Path,
+              has_validation: bool, write: bool = True) -> "Monitors":
+        metric = MonitoredMetric.from_config(training.early_stopping, has_validation)
+        return cls(metric, NanGuard(state), EpochHistory(state, plan),
+                   BestWeights(state, metric, best_weights, write=write),
+                   OverfittingWarning(state, training.overfit_patience, log_dir, write=write),
+                   ScheduleScalars(state, plan, log_dir, write=write),
+                   EarlyStopping(state, metric, training.early_stopping))
+
+    def callbacks(self) -> list:
+        return [self.nan_guard, self.history, self.best_weights, self.overfitting, self.schedule_scalars,
+                self.early_stopping]

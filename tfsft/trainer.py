@@ -18,8 +18,7 @@ import keras
 import tensorflow as tf
 
 from tfsft.backbones import is_pretrained
-from tfsft.callbacks import (BestWeights, EarlyStopping, EpochHistory, MonitoredMetric, NanGuard, OverfittingWarning,
-                             ResumableCheckpoint, ScheduleScalars, TrainingState)
+from tfsft.callbacks import EarlyStopping, Monitors, ResumableCheckpoint, TrainingState
 from tfsft.config import RunConfig
 from tfsft.data import Splits, load_splits
 from tfsft.distribute import (distribute_global_batches, drop_batches_smaller_than, is_chief, is_multi_worker,
@@ -164,10 +163,14 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
     state = TrainingState(p.run / "history.json")
     checkpoint, epochs_done, steps_done = _restore_checkpoint(p, state)
     print(p.plan.summary(p.model), flush=True)
-    monitors = Monitors.for_run(p, state)
-    validation = _validation_data(p)  # one dataset for fit's validation and the in-epoch one of StepLogger
+    monitors = Monitors.build(p.config.training, state, p.plan, p.run.checkpoints / "best.weights.h5", p.run.logs,
+                              has_validation=p.splits.validation is not None, write=is_chief())
+    train_ds, class_weight, validation = _datasets(p)  # one validation set for fit and StepLogger's in-epoch one
     fit_callbacks = _callbacks(p, checkpoint, monitors, trackers, list(callbacks or []), validation)
-    train_seconds = _fit(p, fit_callbacks, validation, epochs_done, steps_done, monitors.early_stopping, verbose)
+    fit_kwargs = dict(validation_data=validation, validation_steps=p.config.training.validation_steps,
+                      class_weight=class_weight, callbacks=fit_callbacks,
+                      verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+    train_seconds = _fit(p, train_ds, fit_kwargs, epochs_done, steps_done, monitors.early_stopping)
     _stop_if_diverged(p, state)
     _restore_best_weights(p, monitors)
     metrics = _save_evaluate_export(p, state, monitors, train_seconds, trackers) if is_chief() else {}
@@ -192,34 +195,6 @@ def _restore_checkpoint(p: Prepared, state: TrainingState) -> tuple[ResumableChe
     return checkpoint, epochs_done, steps_done
 
 
-@dataclass
-class Monitors:
-    """The per-concern callbacks of tfsft.callbacks for one run, in the order they rely on (the history is
-    recorded before best weights, early stopping and the overfitting warning read it)."""
-
-    metric: MonitoredMetric
-    nan_guard: NanGuard
-    history: EpochHistory
-    best_weights: BestWeights
-    overfitting: OverfittingWarning
-    schedule_scalars: ScheduleScalars
-    early_stopping: EarlyStopping
-
-    @classmethod
-    def for_run(cls, p: Prepared, state: TrainingState) -> "Monitors":
-        training, run, chief = p.config.training, p.run, is_chief()
-        metric = MonitoredMetric.from_config(training.early_stopping, has_validation=p.splits.validation is not None)
-        return cls(metric, NanGuard(state), EpochHistory(state, p.plan),
-                   BestWeights(state, metric, run.checkpoints / "best.weights.h5", write=chief),
-                   OverfittingWarning(state, training.overfit_patience, run.logs, write=chief),
-                   ScheduleScalars(state, p.plan, run.logs, write=chief),
-                   EarlyStopping(state, metric, training.early_stopping))
-
-    def callbacks(self) -> list:
-        return [self.nan_guard, self.history, self.best_weights, self.overfitting, self.schedule_scalars,
-                self.early_stopping]
-
-
 def _callbacks(p: Prepared, checkpoint: ResumableCheckpoint, monitors: Monitors, trackers: Optional[Trackers],
                extra: list, validation) -> list:
     config, run = p.config, p.run
@@ -238,32 +213,33 @@ def _callbacks(p: Prepared, checkpoint: ResumableCheckpoint, monitors: Monitors,
     ]
 
 
-def _validation_data(p: Prepared):
-    if p.splits.validation is None:
-        return None
-    return p.modality.dataset(p.splits.validation, p.targets["validation"], training=False, batch_size=p.batch_size)
-
-
-def _fit(p: Prepared, callbacks: list, validation, epochs_done: int, steps_done: int, early_stopping: EarlyStopping,
-         verbose: Optional[int]) -> float:
-    """Train the epochs left (finishing an epoch a mid-epoch checkpoint interrupted first); the seconds it took."""
-    config, model = p.config, p.model
+def _datasets(p: Prepared) -> tuple:
+    """(training stream, class weights for fit, validation set or None); with several replicas the class weights
+    ride in the stream as sample weights and whole global batches are kept."""
     train_ds = p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=p.batch_size)
-    class_weight = class_weight_map(config, p.targets["train"], p.splits.classes.names)
+    validation = None
+    if p.splits.validation is not None:
+        validation = p.modality.dataset(p.splits.validation, p.targets["validation"], training=False,
+                                        batch_size=p.batch_size)
+    class_weight = class_weight_map(p.config, p.targets["train"], p.splits.classes.names)
     replicas = p.strategy.num_replicas_in_sync
     if replicas > 1:
         train_ds = drop_batches_smaller_than(train_ds, replicas)
         if class_weight:
             train_ds, class_weight = with_class_weights(train_ds, class_weight), None
+    return train_ds, class_weight, validation
+
+
+def _fit(p: Prepared, train_ds, fit_kwargs: dict, epochs_done: int, steps_done: int,
+         early_stopping: EarlyStopping) -> float:
+    """Train the epochs left (finishing an epoch a mid-epoch checkpoint interrupted first); the seconds it took."""
+    model, replicas = p.model, p.strategy.num_replicas_in_sync
 
     def stream_from(step: int):
         # Resume skips the global batches already trained on, then splits the rest across the replicas.
         return distribute_global_batches(p.strategy, train_ds.skip(step)) if replicas > 1 else train_ds.skip(step)
-    verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
-    fit_kwargs = dict(validation_data=validation, validation_steps=config.training.validation_steps,
-                      class_weight=class_weight, callbacks=callbacks, verbose=verbose)
 
-    spe, epochs = p.steps_per_epoch, config.training.epochs
+    spe, epochs = p.steps_per_epoch, p.config.training.epochs
     started = time.time()
     if epochs_done < epochs and not early_stopping.should_stop():
         # The shuffled, repeated training stream is deterministic, so skipping the steps already taken resumes it
