@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from tfsft.config import FreezeConfig, OptimizerConfig
-from tfsft.freezing import STRATEGIES, FreezePlan, FreezingCallback
+from tfsft.freeze_stages import STRATEGIES
+from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.keras_internals import FusedAdamUpdate
 from tfsft.learning_rate import WarmupDecay
 from tfsft.optim import build_optimizer

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional
 
 import keras
 
 from tfsft.config import FreezeConfig
+from tfsft.freeze_stages import Stage, stages_for
 from tfsft.keras_internals import flatten_layers
 from tfsft.learning_rate import attach, set_stage, unit_multiplier
 
@@ -67,43 +68,6 @@ def backbone_units(backbone: keras.Model, granularity: str = "block") -> list[Un
     return [stem, *units] if stem.layers else units
 
 
-TrainableUnits = Union[int, str]
-
-
-@dataclass(frozen=True)
-class Stage:
-    trainable_units: TrainableUnits
-    lr_factor: float = 1.0
-
-    def describe(self, total: int) -> str:
-        if self.trainable_units == "all":
-            return f"whole backbone trainable ({total} units + stem)"
-        if self.trainable_units == 0:
-            return "backbone frozen (head only)"
-        return f"top {self.trainable_units} of {total} backbone units trainable"
-
-
-def _whole_backbone(cfg: FreezeConfig) -> list[tuple[int, Stage]]:
-    return [(0, Stage("all"))]
-
-
-def _head_only(cfg: FreezeConfig) -> list[tuple[int, Stage]]:
-    return [(0, Stage(0))]
-
-
-def _last_n(cfg: FreezeConfig) -> list[tuple[int, Stage]]:
-    return [(0, Stage(cfg.last_n))]
-
-
-def _gradual(cfg: FreezeConfig) -> list[tuple[int, Stage]]:
-    return [(s.epoch, Stage(s.trainable_units, s.lr_factor)) for s in cfg.schedule]
-
-
-# freeze.strategy -> its stages as (first epoch, stage), the first at epoch 0. The one place a strategy name is
-# read: a new strategy is a function here plus its name in FreezeConfig.strategy.
-STRATEGIES = {"none": _whole_backbone, "backbone": _head_only, "last_n": _last_n, "gradual": _gradual}
-
-
 class FreezePlan:
     """The stages of one run (computed once, from `freeze`) and the backbone they apply to.
 
@@ -119,7 +83,7 @@ class FreezePlan:
         # them frozen so the optimizer neither warns nor decays them.
         self.unused_layers = [backbone.get_layer(name) for name in unused_layers]
         self.units = backbone_units(backbone, cfg.granularity)
-        starts_and_stages = STRATEGIES[cfg.strategy](cfg)
+        starts_and_stages = stages_for(cfg)
         self.starts = [start for start, _ in starts_and_stages]
         self.stages = [stage for _, stage in starts_and_stages]
         self.current_index: Optional[int] = None  # the stage entered last (None before the first)
