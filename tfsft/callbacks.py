@@ -245,6 +245,7 @@ class ScheduleScalars(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "schedule")) if write else None
 
     def _write(self, step: int, prefix: str = "") -> None:
+        assert self.writer is not None  # the callers check `write`
         with self.writer.as_default(step=step):
             tf.summary.scalar(f"{prefix}learning_rate", float(keras.ops.convert_to_numpy(get_lr(self.model.optimizer))))
             tf.summary.scalar(f"{prefix}freezing_stage", self.plan.current_index or 0)
