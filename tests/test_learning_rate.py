@@ -75,7 +75,7 @@ def fit(model, epochs: int = 1, plan: FreezePlan | None = None) -> StepProbe:
 
 def sgd_rate(step: dict, path: str, decay: float = 0.0) -> float:
     """The learning rate an SGD update used on `path`: its move over (gradient + decay x weight)."""
-    g = step["grad"][path] + decay * step["weight"][path]
+    g = step["grad"][path] + decay * step["weight"][path] if decay else step["grad"][path]
     big = np.abs(g) > 0.1 * np.abs(g).max()
     return float(np.median(step["moved"][path][big] / g[big]))
 
@@ -125,8 +125,9 @@ def test_backbone_lr_factor_in_the_trainers_own_optimizer(tmp_path, text_data):
 
     from tfsft.trainer import prepare
 
+    lr = 0.5  # large steps: weight - step loses fewer of the step's digits to float32 rounding
     config = validated(text_config(text_data, tmp_path, optimizer={
-        "name": "sgd", "learning_rate": LR, "momentum": 0.0, "weight_decay": 0.0, "clip": {"mode": "none"}},
+        "name": "sgd", "learning_rate": lr, "momentum": 0.0, "weight_decay": 0.0, "clip": {"mode": "none"}},
         freeze={"backbone_lr_factor": 0.1}))
     p = prepare(config, "never")
     x, y = next(iter(p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=32)))
@@ -140,8 +141,8 @@ def test_backbone_lr_factor_in_the_trainers_own_optimizer(tmp_path, text_data):
     step = {"grad": grads, "moved": {v.path: before[v.path] - v.numpy() for v in variables}}
     head = p.model.get_layer("head_logits").kernel.path
     query = next(v.path for v in p.backbone.weights if v.path in grads and "query" in v.path and "kernel" in v.path)
-    assert sgd_rate(step, head) == pytest.approx(LR, rel=1e-3)
-    assert sgd_rate(step, query) == pytest.approx(0.1 * LR, rel=1e-3)
+    assert sgd_rate(step, head) == pytest.approx(lr, rel=5e-3)
+    assert sgd_rate(step, query) == pytest.approx(0.1 * lr, rel=5e-3)
 
 
 # ----------------------------------------------------------------------------------------- gradual unfreezing
