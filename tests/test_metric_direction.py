@@ -28,10 +28,8 @@ def test_an_explicit_setting_wins_over_the_name():
 
 @pytest.mark.parametrize("metric", ["val_r2", "val_rmse", "val_macro_f1", "val_loss", "val_auc"])
 def test_early_stopping_and_tuning_agree(tmp_path, metric):
-    from tfsft.callbacks import RunMonitor, TrainingState
+    from tfsft.callbacks import MonitoredMetric
 
-    monitor = RunMonitor(TrainingState(tmp_path / "history.json"), tmp_path / "best.weights.h5",
-                         EarlyStoppingConfig(monitor=metric), overfit_patience=2, log_dir=tmp_path,
-                         has_validation=True, write=False)
+    monitored = MonitoredMetric.from_config(EarlyStoppingConfig(monitor=metric), has_validation=True)
     tune = TuneConfig(objective=metric, space={"optimizer.learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2}})
-    assert monitor.mode == tune.objective_direction() == metric_direction(metric)
+    assert monitored.mode == tune.objective_direction() == metric_direction(metric)

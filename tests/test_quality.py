@@ -17,7 +17,8 @@ from conftest import REPO, keyword_texts, text_config, validated, write_config, 
 
 from tfsft import calibration
 from tfsft.errors import ConfigError
-from tfsft.optim import unwrapped
+from tfsft.freezing import Stage
+from tfsft.learning_rate import set_stage
 from tfsft.trainer import fit_and_evaluate, prepare, train
 
 
@@ -175,7 +176,7 @@ def test_layerwise_lr_decay_sets_each_units_learning_rate_in_the_actual_update(t
     config = validated(sgd_config(text_data, tmp_path, "llrd", lr=lr, schedule={"name": "constant"},
                                   freeze={"layerwise_lr_decay": decay, "backbone_lr_factor": factor}))
     p = prepare(config, "never")
-    unwrapped(p.model.optimizer).set_stage_factor(stage)  # what gradual unfreezing sets: it composes
+    set_stage(p.model.optimizer, Stage("all", stage))  # what gradual unfreezing sets: it composes
     x, y = next(iter(p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=32)))
     variables = p.model.trainable_variables
     with tf.GradientTape() as tape:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tfsft.callbacks import TrainingState
+from tfsft.learning_rate import get_lr
 from tfsft.trainer import fit_and_evaluate, prepare, train
 
 from conftest import image_config, keyword_texts, text_config, validated, write_csv
@@ -38,7 +39,7 @@ class Recorder(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        self.lrs[step] = float(self.model.optimizer.effective_learning_rate())
+        self.lrs[step] = float(get_lr(self.model.optimizer))
 
     def on_epoch_begin(self, epoch, logs=None):
         self.trainable[epoch] = {w.path for w in self.model.trainable_weights}

@@ -1,5 +1,5 @@
-"""Monitoring and persistence during `fit`: resumable checkpoints, best weights, early stopping,
-overfitting warning, NaN guard, learning-rate and freezing-stage logging.
+"""Monitoring and persistence during `fit`, one callback per concern: resumable checkpoints, the epoch history,
+best weights, early stopping, the overfitting warning, the NaN guard, learning-rate and freezing-stage scalars.
 
 Early-stopping state is not kept in the callback: it is derived from the epoch history saved in the
 run directory, so it survives a crash and a resume exactly.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -17,9 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfsft.config import EarlyStoppingConfig
+from tfsft.config import EarlyStoppingConfig, TrainingConfig
 from tfsft.metric_direction import resolve_direction
-from tfsft.optim import unwrapped
+from tfsft.learning_rate import get_lr
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class TrainingState:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.epochs: list[dict] = json.loads(self.path.read_text()) if self.path.exists() else []
+        self.diverged = False  # set by NanGuard: the loss became NaN/Inf, nothing after it is recorded
 
     def truncate(self, epochs_done: int) -> None:
         self.epochs = self.epochs[:epochs_done]
@@ -103,91 +105,186 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.save()
 
 
-class RunMonitor(keras.callbacks.Callback):
-    """Best weights, early stopping, overfitting warning, NaN guard, LR/stage scalars to TensorBoard."""
+# ----------------------------------------------------------------------------------------- one callback per concern
+# They share two explicit objects, no callback knows another: the `TrainingState` (epoch history, plus whether the
+# loss diverged) and the `FreezePlan` (its current stage). `Monitors` puts them in the order they rely on.
+@dataclass(frozen=True)
+class MonitoredMetric:
+    """The metric best weights and early stopping follow, and whether lower or higher is better.
 
-    def __init__(self, state: TrainingState, best_weights: Path, early: EarlyStoppingConfig,
-                 overfit_patience: int, log_dir: Path, has_validation: bool, write: bool = True,
-                 lr_log_every: int = 10):
+    Without a validation split `val_x` falls back to `x` (tfsft/config_checks.py warns about it)."""
+
+    name: str
+    mode: str
+    min_delta: float = 0.0
+
+    @classmethod
+    def from_config(cls, early: EarlyStoppingConfig, has_validation: bool) -> "MonitoredMetric":
+        name = early.monitor if has_validation or not early.monitor.startswith("val_") \
+            else early.monitor[len("val_"):]
+        return cls(name, resolve_direction(name, early.mode), early.min_delta)
+
+    def best(self, state: TrainingState) -> tuple[Optional[int], Optional[float]]:
+        return state.best(self.name, self.mode, self.min_delta)
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and marks the state diverged (the epoch is not recorded)."""
+
+    def __init__(self, state: TrainingState):
         super().__init__()
         self.state = state
-        self.best_weights = Path(best_weights)
-        self.early = early
-        self.monitor = early.monitor if has_validation or not early.monitor.startswith("val_") \
-            else early.monitor[len("val_"):]
-        self.mode = resolve_direction(self.monitor, early.mode)
-        self.overfit_patience = overfit_patience
-        self.write = write
-        self.lr_log_every = lr_log_every
-        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "schedule")) if write else None
-        self.nan_detected = False
-        self.warnings: list[str] = []
-        self.stage_index = 0
-
-    # ------------------------------------------------------------------------------------- per step
-    def _learning_rate(self) -> float:
-        return float(keras.ops.convert_to_numpy(unwrapped(self.model.optimizer).effective_learning_rate()))
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            self.nan_detected = True
-            self.model.stop_training = True
-            message = f"Loss became {float(loss)} at step {int(self.model.optimizer.iterations.numpy())}; " \
-                      f"training stopped, the best checkpoint so far is kept."
-            log.error(message)
-            print(message, flush=True)
+        if loss is None or np.isfinite(float(loss)):
             return
-        step = int(self.model.optimizer.iterations.numpy())
-        if self.writer is not None and step % self.lr_log_every == 0:
-            with self.writer.as_default(step=step):
-                tf.summary.scalar("learning_rate", self._learning_rate())
-                tf.summary.scalar("freezing_stage", self.stage_index)
+        self.state.diverged = True
+        self.model.stop_training = True
+        message = f"Loss became {float(loss)} at step {int(self.model.optimizer.iterations.numpy())}; " \
+                  f"training stopped, the best checkpoint so far is kept."
+        log.error(message)
+        print(message, flush=True)
 
-    def set_stage(self, epoch, stage, index) -> None:
-        self.stage_index = index
 
-    # ------------------------------------------------------------------------------------- per epoch
+class EpochHistory(keras.callbacks.Callback):
+    """Appends each epoch's logs, with the learning rate and the freezing stage, to `history.json`."""
+
+    def __init__(self, state: TrainingState, plan):
+        super().__init__()
+        self.state, self.plan = state, plan
+
     def on_epoch_end(self, epoch, logs=None):
-        if self.nan_detected:
+        if self.state.diverged:
             return
-        logs = dict(logs or {})
-        logs["learning_rate"] = self._learning_rate()
-        logs["freezing_stage"] = float(self.stage_index)
+        logs = dict(logs or {})  # a copy: the CSV and TensorBoard loggers keep Keras's own columns
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(get_lr(self.model.optimizer)))
+        logs["freezing_stage"] = float(self.plan.current_index or 0)
         self.state.append(logs)
-        if logs is not None:
-            logs_out = logs
-        best_index, best_value = self.state.best(self.monitor, self.mode, self.early.min_delta)
-        if best_index == len(self.state.epochs) - 1 and self.write:
-            self.model.save_weights(str(self.best_weights))
-            log.info("New best %s=%.5f at epoch %d -> %s", self.monitor, best_value, epoch + 1, self.best_weights)
-        self._check_overfitting(epoch)
-        if self.writer is not None:
-            with self.writer.as_default(step=epoch):
-                tf.summary.scalar("epoch_learning_rate", logs_out["learning_rate"])
-                tf.summary.scalar("epoch_freezing_stage", self.stage_index)
-        if self.early.enabled and best_index is not None:
-            waited = len(self.state.epochs) - 1 - best_index
-            if waited > self.early.patience:
-                self.model.stop_training = True
-                print(f"Early stopping at epoch {epoch + 1}: {self.monitor} has not improved for {waited} epochs "
-                      f"(best {best_value:.5f} at epoch {best_index + 1}).", flush=True)
 
-    def _check_overfitting(self, epoch: int) -> None:
-        k = self.overfit_patience
-        history = self.state.epochs
-        if len(history) < k + 1 or "val_loss" not in history[-1]:
+
+class BestWeights(keras.callbacks.Callback):
+    """Saves the weights whenever the epoch just recorded is the best so far (chief only: `write`)."""
+
+    def __init__(self, state: TrainingState, metric: MonitoredMetric, path: Path, write: bool = True):
+        super().__init__()
+        self.state, self.metric, self.path, self.write = state, metric, Path(path), write
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.state.diverged or not self.write:
+            return
+        best_index, best_value = self.metric.best(self.state)
+        if best_index == len(self.state.epochs) - 1:
+            self.model.save_weights(str(self.path))
+            log.info("New best %s=%.5f at epoch %d -> %s", self.metric.name, best_value, epoch + 1, self.path)
+
+
+class EarlyStopping(keras.callbacks.Callback):
+    """Stops when the monitored metric has not improved for more than `patience` epochs of the history (so a
+    resumed run that had already stopped does not train again: `should_stop` before `fit`)."""
+
+    def __init__(self, state: TrainingState, metric: MonitoredMetric, early: EarlyStoppingConfig):
+        super().__init__()
+        self.state, self.metric, self.early = state, metric, early
+
+    def waited(self) -> tuple[int, Optional[int], Optional[float]]:
+        """(epochs since the best one, best index, best value)."""
+        best_index, best_value = self.metric.best(self.state)
+        waited = len(self.state.epochs) - 1 - best_index if best_index is not None else 0
+        return waited, best_index, best_value
+
+    def should_stop(self) -> bool:
+        return self.early.enabled and self.waited()[0] > self.early.patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.state.diverged or not self.should_stop():
+            return
+        waited, best_index, best_value = self.waited()
+        self.model.stop_training = True
+        print(f"Early stopping at epoch {epoch + 1}: {self.metric.name} has not improved for {waited} epochs "
+              f"(best {best_value:.5f} at epoch {best_index + 1}).", flush=True)
+
+
+class OverfittingWarning(keras.callbacks.Callback):
+    """Warns (log, stdout, TensorBoard text, the report) when validation loss rose for `patience` epochs in a row
+    while training loss fell."""
+
+    def __init__(self, state: TrainingState, patience: int, log_dir: Path, write: bool = True):
+        super().__init__()
+        self.state, self.patience = state, patience
+        self.log_dir, self.write = Path(log_dir), write
+        self.warnings: list[str] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        k, history = self.patience, self.state.epochs
+        if self.state.diverged or len(history) < k + 1 or "val_loss" not in history[-1]:
             return
         recent = history[-(k + 1):]
         val_rising = all(b["val_loss"] > a["val_loss"] for a, b in zip(recent, recent[1:]))
         train_falling = all(b["loss"] < a["loss"] for a, b in zip(recent, recent[1:]))
-        if val_rising and train_falling:
-            message = (f"Overfitting warning at epoch {epoch + 1}: validation loss rose for {k} epochs "
-                       f"({recent[0]['val_loss']:.4f} -> {recent[-1]['val_loss']:.4f}) while training loss fell. "
-                       f"Consider more regularization, a lower learning rate, freezing more, or early stopping.")
-            self.warnings.append(message)
-            log.warning(message)
-            print(message, flush=True)
-            if self.writer is not None:
-                with self.writer.as_default(step=epoch):
-                    tf.summary.text("overfitting_warning", message)
+        if not (val_rising and train_falling):
+            return
+        message = (f"Overfitting warning at epoch {epoch + 1}: validation loss rose for {k} epochs "
+                   f"({recent[0]['val_loss']:.4f} -> {recent[-1]['val_loss']:.4f}) while training loss fell. "
+                   f"Consider more regularization, a lower learning rate, freezing more, or early stopping.")
+        self.warnings.append(message)
+        log.warning(message)
+        print(message, flush=True)
+        if self.write:
+            with tf.summary.create_file_writer(str(self.log_dir / "schedule")).as_default(step=epoch):
+                tf.summary.text("overfitting_warning", message)
+
+
+class ScheduleScalars(keras.callbacks.Callback):
+    """The learning rate (tfsft.learning_rate.get_lr) and the freezing stage index to TensorBoard (`logs/schedule`):
+    every `every` steps and at each epoch end."""
+
+    def __init__(self, state: TrainingState, plan, log_dir: Path, every: int = 10, write: bool = True):
+        super().__init__()
+        self.state, self.plan, self.every = state, plan, every
+        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "schedule")) if write else None
+
+    def _write(self, step: int, prefix: str = "") -> None:
+        assert self.writer is not None  # the callers check `write`
+        with self.writer.as_default(step=step):
+            tf.summary.scalar(f"{prefix}learning_rate", float(keras.ops.convert_to_numpy(get_lr(self.model.optimizer))))
+            tf.summary.scalar(f"{prefix}freezing_stage", self.plan.current_index or 0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.writer is None or self.state.diverged:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every == 0:
+            self._write(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.writer is not None and not self.state.diverged:
+            self._write(epoch, prefix="epoch_")
+
+
+@dataclass
+class Monitors:
+    """The monitoring callbacks of one run, in the order they rely on: the NaN guard first (it marks the state
+    before anything records), the history before best weights, early stopping and the overfitting warning read it."""
+
+    metric: MonitoredMetric
+    nan_guard: NanGuard
+    history: EpochHistory
+    best_weights: BestWeights
+    overfitting: OverfittingWarning
+    schedule_scalars: ScheduleScalars
+    early_stopping: EarlyStopping
+
+    @classmethod
+    def build(cls, training: TrainingConfig, state: TrainingState, plan, best_weights: Path, log_dir: Path,
+              has_validation: bool, write: bool = True) -> "Monitors":
+        metric = MonitoredMetric.from_config(training.early_stopping, has_validation)
+        return cls(metric, NanGuard(state), EpochHistory(state, plan),
+                   BestWeights(state, metric, best_weights, write=write),
+                   OverfittingWarning(state, training.overfit_patience, log_dir, write=write),
+                   ScheduleScalars(state, plan, log_dir, write=write),
+                   EarlyStopping(state, metric, training.early_stopping))
+
+    def callbacks(self) -> list:
+        return [self.nan_guard, self.history, self.best_weights, self.overfitting, self.schedule_scalars,
+                self.early_stopping]

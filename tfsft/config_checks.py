@@ -41,7 +41,7 @@ def _suggestion(name: str, valid: list[str]) -> str:
 def monitor_problem(config) -> str | None:
     monitor = config.training.early_stopping.monitor
     valid = logged_metrics(config)
-    # Without a validation split the monitor falls back from val_x to x (tfsft.callbacks.RunMonitor).
+    # Without a validation split the monitor falls back from val_x to x (tfsft.callbacks.MonitoredMetric).
     effective = monitor if has_validation(config) or not monitor.startswith("val_") else monitor[len("val_"):]
     if effective in valid:
         return None
@@ -63,10 +63,10 @@ def objective_problem(config) -> str | None:
 
 
 def freeze_problem(config) -> str | None:
-    if config.freeze.strategy != "gradual":
-        return None
+    from tfsft.freeze_stages import stages_for
+
     epochs = config.training.epochs
-    late = [stage.epoch for stage in config.freeze.schedule if stage.epoch >= epochs]
+    late = [start for start, _ in stages_for(config.freeze) if start >= epochs]
     if not late:
         return None
     return (f"freeze.schedule has stage(s) starting at epoch(s) {late}, but training.epochs = {epochs} runs epochs "

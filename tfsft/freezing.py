@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Optional
 
 import keras
 
 from tfsft.config import FreezeConfig
-from tfsft.optim import unwrapped
+from tfsft.freeze_stages import Stage, stages_for
+from tfsft.keras_internals import flatten_layers
+from tfsft.learning_rate import attach, set_stage, unit_multiplier
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +68,12 @@ def backbone_units(backbone: keras.Model, granularity: str = "block") -> list[Un
     return [stem, *units] if stem.layers else units
 
 
-TrainableUnits = Union[int, str]
-
-
-@dataclass(frozen=True)
-class Stage:
-    trainable_units: TrainableUnits
-    lr_factor: float = 1.0
-
-    def describe(self, total: int) -> str:
-        if self.trainable_units == "all":
-            return f"whole backbone trainable ({total} units + stem)"
-        if self.trainable_units == 0:
-            return "backbone frozen (head only)"
-        return f"top {self.trainable_units} of {total} backbone units trainable"
-
-
 class FreezePlan:
+    """The stages of one run (computed once, from `freeze`) and the backbone they apply to.
+
+    `enter(epoch)` applies the epoch's stage when it differs from the one applied. `current_index` and
+    `current_stage` are what the other callbacks read (the stage scalar, the stage's LR factor)."""
+
     def __init__(self, cfg: FreezeConfig, backbone: keras.Model, unused_layers: tuple = (), pretrained: bool = True):
         self.cfg = cfg
         self.backbone = backbone
@@ -92,25 +83,44 @@ class FreezePlan:
         # them frozen so the optimizer neither warns nor decays them.
         self.unused_layers = [backbone.get_layer(name) for name in unused_layers]
         self.units = backbone_units(backbone, cfg.granularity)
-
-    def stage_for_epoch(self, epoch: int) -> Stage:
-        strategy = self.cfg.strategy
-        if strategy == "none":
-            return Stage("all")
-        if strategy == "backbone":
-            return Stage(0)
-        if strategy == "last_n":
-            return Stage(self.cfg.last_n)
-        current = self.cfg.schedule[0]
-        for stage in self.cfg.schedule:
-            if stage.epoch <= epoch:
-                current = stage
-        return Stage(current.trainable_units, current.lr_factor)
+        starts_and_stages = stages_for(cfg)
+        self.starts = [start for start, _ in starts_and_stages]
+        self.stages = [stage for _, stage in starts_and_stages]
+        self.current_index: Optional[int] = None  # the stage entered last (None before the first)
+        self._applied: Optional[Stage] = None  # the trainable set on the backbone now
 
     def stage_index(self, epoch: int) -> int:
-        if self.cfg.strategy != "gradual":
-            return 0
-        return sum(1 for stage in self.cfg.schedule if stage.epoch <= epoch) - 1
+        return sum(1 for start in self.starts if start <= epoch) - 1
+
+    def stage_for_epoch(self, epoch: int) -> Stage:
+        return self.stages[self.stage_index(epoch)]
+
+    @property
+    def current_stage(self) -> Stage:
+        return self.stages[self.current_index or 0]
+
+    @property
+    def final_stage(self) -> Stage:
+        """The last stage: with every built-in strategy the one that trains the most (optimizer slots for it)."""
+        return self.stages[-1]
+
+    def enter(self, epoch: int) -> Optional[Stage]:
+        """Make `epoch`'s stage current; returns it when it changed (None when it already was current)."""
+        index = self.stage_index(epoch)
+        if index == self.current_index:
+            return None
+        self.current_index = index
+        if self.stages[index] != self._applied:
+            self.apply(self.stages[index])
+        return self.stages[index]
+
+    def start(self, model: keras.Model, optimizer) -> None:
+        """Before the first `fit`: optimizer slots for every variable any stage trains (so later stages can train),
+        then stage 0 entered and the optimizer given its learning-rate terms (tfsft.learning_rate)."""
+        self.apply(self.final_stage)
+        optimizer.build(model.trainable_variables)
+        self.enter(0)  # applies stage 0 only if it differs from the final stage; a resumed run enters its own later
+        attach(optimizer, self)
 
     @property
     def blocks(self) -> list[Unit]:
@@ -118,7 +128,8 @@ class FreezePlan:
         return self.units[1:] if self.units and self.units[0].name == "stem" else self.units
 
     def apply(self, stage: Stage) -> None:
-        """Set `trainable` on every backbone layer for this stage."""
+        """Set `trainable` on every backbone layer for this stage (`enter` is how a run changes stage)."""
+        self._applied = stage
         # Setting `trainable` on the parent does not reliably reach sublayers frozen earlier: set each one.
         self.backbone.trainable = True
         for layer in self._all_layers():
@@ -140,26 +151,7 @@ class FreezePlan:
                     layer.trainable = False
 
     def _all_layers(self):
-        return self.backbone._flatten_layers(include_self=False, recursive=True)
-
-    def backbone_lr_multipliers(self) -> list[tuple]:
-        """(variable, LR multiplier) of each backbone variable: backbone_lr_factor x layerwise_lr_decay^depth.
-
-        Depth counts from the top: the top unit has depth 1, the stem depth len(units) (ELECTRA/BEiT: the head is
-        depth 0). Keras variables are not hashable, hence pairs rather than a dict."""
-        factor, decay = self.cfg.backbone_lr_factor, self.cfg.layerwise_lr_decay
-        if factor == 1.0 and decay == 1.0:
-            return []
-        multipliers = {id(w): (w, factor) for w in self.backbone.weights}
-        if decay != 1.0:
-            for depth, unit in enumerate(reversed(self.units), start=1):
-                for w in unit.weights():
-                    multipliers[id(w)] = (w, factor * decay ** depth)
-        return list(multipliers.values())
-
-    def unit_lr_multiplier(self, unit: Unit) -> float:
-        depth = len(self.units) - self.units.index(unit)
-        return self.cfg.backbone_lr_factor * self.cfg.layerwise_lr_decay ** depth
+        return flatten_layers(self.backbone)
 
     def summary(self, model: keras.Model) -> str:
         def count(weights):
@@ -178,31 +170,28 @@ class FreezePlan:
         for unit in self.units:
             weights = unit.weights()
             n_train = count([w for w in weights if id(w) in trainable_ids])
-            lr = f"  LR x{self.unit_lr_multiplier(unit):.3g}" if self.cfg.layerwise_lr_decay != 1.0 else ""
+            depth = len(self.units) - self.units.index(unit)
+            lr = f"  LR x{unit_multiplier(self.cfg, depth):.3g}" if self.cfg.layerwise_lr_decay != 1.0 else ""
             lines.append(f"  {unit.name:<28} params={count(weights):>11,}  trainable={n_train:>11,}{lr}")
         return "\n".join(lines)
 
 
 class FreezingCallback(keras.callbacks.Callback):
-    """Applies the plan's stage at each epoch start; rebuilds the train step when the trainable set changes."""
+    """Enters the plan's stage at each epoch start: trainable set, the stage's LR factor, a new train step.
 
-    def __init__(self, plan: FreezePlan, on_change=None):
+    Stage 0 is entered by the trainer before `fit`; a resumed run enters the stage of its first epoch here."""
+
+    def __init__(self, plan: FreezePlan):
         super().__init__()
         self.plan = plan
-        self.current: Stage | None = None
-        self.on_change = on_change
 
     def on_epoch_begin(self, epoch, logs=None):
-        stage = self.plan.stage_for_epoch(epoch)
-        if stage == self.current:
+        stage = self.plan.enter(epoch)
+        if stage is None:
             return
-        self.plan.apply(stage)
-        unwrapped(self.model.optimizer).set_stage_factor(stage.lr_factor)
+        set_stage(self.model.optimizer, stage)
         # The train step captures the trainable variables when traced: trace it anew for the new set.
         self.model.make_train_function(force=True)
-        self.current = stage
-        message = f"Epoch {epoch + 1}: freezing stage {self.plan.stage_index(epoch)}: " \
+        message = f"Epoch {epoch + 1}: freezing stage {self.plan.current_index}: " \
                   f"{stage.describe(len(self.plan.blocks))}, LR factor {stage.lr_factor}"
         print(message, flush=True)  # once: the log would repeat it on the same terminal
-        if self.on_change:
-            self.on_change(epoch, stage)

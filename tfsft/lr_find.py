@@ -110,13 +110,10 @@ def run_sweep(config, output: Path, start: float, end: float, steps: int) -> tup
         model = build_model(config, modality, backbone, num_outputs)
         plan = FreezePlan(config.freeze, backbone, modality.unused_backbone_layers(backbone),
                           pretrained=is_pretrained(config.model.backbone))
-        stage = plan.stage_for_epoch(0)
-        plan.apply(stage)
+        # The sweep takes the schedule term of tfsft.learning_rate's formula; the stage and per-variable terms stay.
         optimizer = build_optimizer(config.optimizer, Sweep(), model)
         model.compile(optimizer=optimizer, loss=loss_for(config), metrics=metrics_for(config, num_outputs))
-        optimizer.build(model.trainable_variables)
-        optimizer.set_lr_multipliers(plan.backbone_lr_multipliers())
-        optimizer.set_stage_factor(stage.lr_factor)
+        plan.start(model, optimizer)  # the stage of epoch 1
 
     recorder = make_recorder(rates)
     dataset = modality.dataset(splits.train, targets, training=True, batch_size=batch_size)

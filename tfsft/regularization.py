@@ -24,9 +24,9 @@ import logging
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.losses.loss import scale_loss_for_distribution
 
 from tfsft.config import PretrainedAnchorConfig
+from tfsft.keras_internals import scale_loss_for_distribution
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ import keras
 import tensorflow as tf
 
 from tfsft.config import LoggingConfig
-from tfsft.optim import unwrapped
+from tfsft.keras_internals import wrap_clip_gradients
+from tfsft.learning_rate import get_lr, unwrapped
 from tfsft.step_history import FILE_NAME, StepHistory
 
 log = logging.getLogger(__name__)
@@ -37,20 +38,17 @@ class GradientNormProbe:
     """
 
     def __init__(self, optimizer):
-        inner = unwrapped(optimizer)
         aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA  # the replicas hold the same all-reduced norm
         self.total = tf.Variable(0.0, trainable=False, dtype=tf.float32, aggregation=aggregation)
         self.count = tf.Variable(0.0, trainable=False, dtype=tf.float32, aggregation=aggregation)
-        original = inner._clip_gradients
 
-        def clip_gradients(grads):
+        def observe(grads):
             present = [tf.cast(g, tf.float32) for g in grads if g is not None]
             if present:
                 self.total.assign_add(tf.linalg.global_norm(present))
                 self.count.assign_add(1.0)
-            return original(grads)
 
-        inner._clip_gradients = clip_gradients
+        wrap_clip_gradients(unwrapped(optimizer), observe)
 
     def mean_and_reset(self) -> Optional[float]:
         count = float(self.count.numpy())
@@ -62,15 +60,16 @@ class GradientNormProbe:
 
 # ----------------------------------------------------------------------------------------- learning rates
 class AppliedLearningRates:
-    """The learning rate each parameter group received at a step: schedule x stage factor x group multiplier,
-    0 for a group with no trainable variable (a frozen backbone). One group (`learning_rate`) unless freezing
-    or `freeze.backbone_lr_factor` can make the backbone's differ from the head's."""
+    """The learning rate each parameter group received at a step (tfsft.learning_rate.get_lr), 0 for a group with
+    no trainable variable (a frozen backbone). One group (`learning_rate`) unless freezing or
+    `freeze.backbone_lr_factor` can make the backbone's differ from the head's; the backbone group's rate is
+    without layer-wise decay (each unit's differs: the top unit's is x layerwise_lr_decay)."""
 
     def __init__(self, optimizer, plan):
         self.optimizer = unwrapped(optimizer)
         self.backbone = plan.backbone
         self.backbone_factor = plan.cfg.backbone_lr_factor
-        self.split = plan.cfg.strategy != "none" or self.backbone_factor != 1.0
+        self.split = len(plan.stages) > 1 or plan.stages[0].trainable_units != "all" or self.backbone_factor != 1.0
         self.backbone_trains = True
 
     @property
@@ -81,19 +80,19 @@ class AppliedLearningRates:
         """Called when the freezing stage may have changed (epoch start)."""
         self.backbone_trains = bool(self.backbone.trainable_weights)
 
+    def _rate(self, step: int, multiplier: float = 1.0) -> float:
+        """The rate of the update that made optimizer step `step` (counted from 1)."""
+        return float(keras.ops.convert_to_numpy(get_lr(self.optimizer, max(step - 1, 0), multiplier=multiplier)))
+
     def base(self, step: int) -> float:
-        """Schedule x stage factor of the update that made optimizer step `step` (counted from 1)."""
-        schedule = self.optimizer._learning_rate
-        scheduled = schedule(max(step - 1, 0)) if callable(schedule) else schedule
-        scheduled = float(keras.ops.convert_to_numpy(scheduled))
-        return scheduled * float(self.optimizer.stage_factor.numpy())
+        """Schedule x stage factor (a head variable's rate) of the update that made optimizer step `step`."""
+        return self._rate(step)
 
     def at(self, step: int) -> dict[str, float]:
-        base = self.base(step)
         if not self.split:
-            return {"learning_rate": base}
-        return {"learning_rate/head": base,
-                "learning_rate/backbone": base * self.backbone_factor if self.backbone_trains else 0.0}
+            return {"learning_rate": self.base(step)}
+        return {"learning_rate/head": self.base(step),
+                "learning_rate/backbone": self._rate(step, self.backbone_factor) if self.backbone_trains else 0.0}
 
 
 # ----------------------------------------------------------------------------------------- step logger

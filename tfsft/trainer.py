@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from tfsft.backbones import is_pretrained
-from tfsft.callbacks import ResumableCheckpoint, RunMonitor, TrainingState
+from tfsft.callbacks import EarlyStopping, Monitors, ResumableCheckpoint, TrainingState
 from tfsft.config import RunConfig
 from tfsft.data import Splits, load_splits
 from tfsft.distribute import (distribute_global_batches, drop_batches_smaller_than, is_chief, is_multi_worker,
@@ -28,7 +28,8 @@ from tfsft.errors import ConfigError, TfsftError, TrainingAborted
 from tfsft.evaluation import evaluate_run, evaluation_dataset
 from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
-from tfsft.optim import build_optimizer, build_schedule
+from tfsft.learning_rate import build_schedule
+from tfsft.optim import build_optimizer
 from tfsft.regularization import PretrainedAnchor, build_anchor
 from tfsft.rundir import RunDir, open_run_dir
 from tfsft.runtime import log_choices
@@ -125,19 +126,14 @@ def _build(config, run, splits, modality, strategy) -> Prepared:
         model = build_model(config, modality, backbone, num_outputs)
         plan = FreezePlan(config.freeze, backbone, modality.unused_backbone_layers(backbone),
                           pretrained=is_pretrained(config.model.backbone))
-        schedule = build_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
-        optimizer = build_optimizer(config.optimizer, schedule, model)
+        optimizer = build_optimizer(config.optimizer, build_schedule(config, total_steps, steps_per_epoch), model)
         # Built from the freshly loaded backbone: a checkpoint is only restored later, in fit_and_evaluate.
         anchor = build_anchor(config.regularization.pretrained_anchor, model, backbone, modality, optimizer)
         model.compile(optimizer=optimizer, loss=loss_for(config), metrics=metrics_for(config, num_outputs),
                       jit_compile=resolve_jit_compile(config.training.jit_compile),
                       steps_per_execution=config.training.steps_per_execution)
-        # Build optimizer slots for every variable any freezing stage may train, so later stages can train.
-        plan.apply(plan.stage_for_epoch(10**9) if config.freeze.strategy == "gradual" else plan.stage_for_epoch(0))
-        optimizer.build(model.trainable_variables)
+        plan.start(model, optimizer)
         patch_keras_for_multi_worker(model, strategy)
-        optimizer.set_lr_multipliers(plan.backbone_lr_multipliers())
-        plan.apply(plan.stage_for_epoch(0))
     log.info("Precision policy %s, strategy %s (%d replicas), global batch %d", precision, type(strategy).__name__,
              strategy.num_replicas_in_sync, batch_size)
     return Prepared(config, run, splits, modality, strategy, model, backbone, plan, steps_per_epoch, batch_size,
@@ -160,63 +156,92 @@ def train(config: RunConfig, resume: str = "auto", verbose: Optional[int] = None
 
 def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Optional[list] = None,
                      trackers: Optional[Trackers] = None) -> RunResult:
-    """Fit (resuming from the run's checkpoint if there is one), then save and evaluate. `callbacks` run last."""
-    extra_callbacks = list(callbacks or [])
-    config, run, model, chief = p.config, p.run, p.model, is_chief()
-    state = TrainingState(run / "history.json")
+    """Fit (resuming from the run's checkpoint if there is one), then save and evaluate. `callbacks` run last.
+
+    The steps: restore the checkpoint -> fit -> stop if the loss diverged -> restore the best weights -> save,
+    evaluate, export (chief only)."""
+    state = TrainingState(p.run / "history.json")
+    checkpoint, epochs_done, steps_done = _restore_checkpoint(p, state)
+    print(p.plan.summary(p.model), flush=True)
+    monitors = Monitors.build(p.config.training, state, p.plan, p.run.checkpoints / "best.weights.h5", p.run.logs,
+                              has_validation=p.splits.validation is not None, write=is_chief())
+    train_ds, class_weight, validation = _datasets(p)  # one validation set for fit and StepLogger's in-epoch one
+    fit_callbacks = _callbacks(p, checkpoint, monitors, trackers, list(callbacks or []), validation)
+    fit_kwargs = dict(validation_data=validation, validation_steps=p.config.training.validation_steps,
+                      class_weight=class_weight, callbacks=fit_callbacks,
+                      verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+    train_seconds = _fit(p, train_ds, fit_kwargs, epochs_done, steps_done, monitors.early_stopping)
+    _stop_if_diverged(p, state)
+    _restore_best_weights(p, monitors)
+    metrics = _save_evaluate_export(p, state, monitors, train_seconds, trackers) if is_chief() else {}
+    if p.run.scratch:  # a non-chief worker's files only mattered while training
+        shutil.rmtree(p.run.path, ignore_errors=True)
+    return RunResult(p.run.path, metrics, state.epochs)
+
+
+def _restore_checkpoint(p: Prepared, state: TrainingState) -> tuple[ResumableCheckpoint, int, int]:
+    """The run's resumable checkpoint, restored if there is one; (checkpoint, epochs done, steps done)."""
+    run = p.run
     # Every worker of a multi-worker cluster saves (saving may take part in collectives): non-chief workers into
     # their scratch folder. All restore from the chief's checkpoint so that they resume in the same state.
-    checkpoint = ResumableCheckpoint(run.checkpoints / "last", config.training.checkpoint_every_steps,
+    checkpoint = ResumableCheckpoint(run.checkpoints / "last", p.config.training.checkpoint_every_steps,
                                      restore_from=run.restore_checkpoints)
-    checkpoint.attach(model)
+    checkpoint.attach(p.model)
     restored = checkpoint.restore()
     epochs_done, steps_done = restored if restored else (0, 0)
     state.truncate(epochs_done)
     if restored:
         print(f"Resuming {run.path}: {epochs_done} epoch(s) and {steps_done} step(s) done.", flush=True)
-    print(p.plan.summary(model), flush=True)
+    return checkpoint, epochs_done, steps_done
 
-    monitor = RunMonitor(state, run.checkpoints / "best.weights.h5", config.training.early_stopping,
-                         config.training.overfit_patience, run.logs, has_validation=p.splits.validation is not None,
-                         write=chief)
-    freezing = FreezingCallback(p.plan, on_change=lambda epoch, stage: monitor.set_stage(
-        epoch, stage, p.plan.stage_index(epoch)))
-    callbacks = [
-        freezing,
-        *([p.anchor.callback()] if p.anchor else []),  # before the monitor, which records the logs
-        monitor,
+
+def _callbacks(p: Prepared, checkpoint: ResumableCheckpoint, monitors: Monitors, trackers: Optional[Trackers],
+               extra: list, validation) -> list:
+    config, run = p.config, p.run
+    return [
+        FreezingCallback(p.plan),
+        *([p.anchor.callback()] if p.anchor else []),  # before the monitors, which record the logs
+        *monitors.callbacks(),
         checkpoint,
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run.logs), update_freq="epoch", write_graph=False),
-        *extra_callbacks,
+        *monitoring_callbacks(config.logging, p.model, p.plan, p.strategy, run, p.steps_per_epoch,
+                              config.training.epochs, p.batch_size, validation,
+                              config.training.validation_steps, sinks=[trackers] if trackers else (),
+                              write=is_chief()),
+        *extra,
     ]
 
-    batch = p.batch_size
-    train_ds = p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=batch)
-    val_ds = None
+
+def _datasets(p: Prepared) -> tuple:
+    """(training stream, class weights for fit, validation set or None); with several replicas the class weights
+    ride in the stream as sample weights and whole global batches are kept."""
+    train_ds = p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=p.batch_size)
+    validation = None
     if p.splits.validation is not None:
-        val_ds, _ = evaluation_dataset(p.modality, p.splits.validation, p.targets["validation"], batch,
-                                       config.training.validation_steps)  # aggregated metrics only: any order
-    callbacks[len(callbacks) - len(extra_callbacks):len(callbacks) - len(extra_callbacks)] = monitoring_callbacks(
-        config.logging, model, p.plan, p.strategy, run, p.steps_per_epoch, config.training.epochs, p.batch_size,
-        val_ds, config.training.validation_steps, sinks=[trackers] if trackers else (), write=chief)
-    class_weight = class_weight_map(config, p.targets["train"], p.splits.classes.names)
+        validation, _ = evaluation_dataset(p.modality, p.splits.validation, p.targets["validation"], p.batch_size,
+                                           p.config.training.validation_steps)  # aggregated metrics only: any order
+    class_weight = class_weight_map(p.config, p.targets["train"], p.splits.classes.names)
     replicas = p.strategy.num_replicas_in_sync
     if replicas > 1:
         train_ds = drop_batches_smaller_than(train_ds, replicas)
         if class_weight:
             train_ds, class_weight = with_class_weights(train_ds, class_weight), None
+    return train_ds, class_weight, validation
+
+
+def _fit(p: Prepared, train_ds, fit_kwargs: dict, epochs_done: int, steps_done: int,
+         early_stopping: EarlyStopping) -> float:
+    """Train the epochs left (finishing an epoch a mid-epoch checkpoint interrupted first); the seconds it took."""
+    model, replicas = p.model, p.strategy.num_replicas_in_sync
 
     def stream_from(step: int):
         # Resume skips the global batches already trained on, then splits the rest across the replicas.
         return distribute_global_batches(p.strategy, train_ds.skip(step)) if replicas > 1 else train_ds.skip(step)
-    verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
-    fit_kwargs = dict(validation_data=val_ds, validation_steps=config.training.validation_steps,
-                      class_weight=class_weight, callbacks=callbacks, verbose=verbose)
 
-    spe, epochs = p.steps_per_epoch, config.training.epochs
+    spe, epochs = p.steps_per_epoch, p.config.training.epochs
     started = time.time()
-    if epochs_done < epochs and not _early_stopped(state, config, monitor):
+    if epochs_done < epochs and not early_stopping.should_stop():
         # The shuffled, repeated training stream is deterministic, so skipping the steps already taken resumes it
         # where it stopped. A checkpoint taken mid-epoch finishes that epoch first, with the steps it has left.
         in_epoch = steps_done - epochs_done * spe
@@ -227,53 +252,54 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
         if epochs_done < epochs and not model.stop_training:
             model.fit(stream_from(epochs_done * spe), initial_epoch=epochs_done, epochs=epochs,
                       steps_per_epoch=spe, **fit_kwargs)
-    train_seconds = time.time() - started
-
-    best_file = run.checkpoints / "best.weights.h5"
-    if monitor.nan_detected:
-        if best_file.exists():
-            model.load_weights(str(best_file))
-        run.set_status("stopped_nan")
-        raise TrainingAborted(
-            f"Training stopped: the loss became NaN/Inf. The best checkpoint is kept at {best_file}. Lower "
-            f"optimizer.learning_rate, enable gradient clipping (optimizer.clip.mode: global_norm), or check the "
-            f"data for extreme values, then run again (a new run, or --resume {run.path})."
-        )
-    if config.training.early_stopping.restore_best and best_file.exists():
-        model.load_weights(str(best_file))
-        best_index, _ = state.best(monitor.monitor, monitor.mode, config.training.early_stopping.min_delta)
-        print(f"Restored the best weights (epoch {best_index + 1 if best_index is not None else '?'}, "
-              f"{monitor.monitor}).", flush=True)
-
-    metrics = {}
-    if chief:
-        model.save(str(run / "model.keras"))
-        p.backbone.save_weights(str(run / "backbone.weights.h5"))
-        evaluated = p
-        if is_multi_worker():
-            # Under MultiWorkerMirroredStrategy, predict() shards its input over the workers and would hand the
-            # chief half of the predictions: evaluate a local copy of the final model instead.
-            from tfsft.runs import load_model_file
-
-            evaluated = dataclasses.replace(p, model=load_model_file(run / "model.keras"))
-        metrics = evaluate_run(evaluated, state.epochs, monitor.warnings, train_seconds)
-        run.set_status("completed", train_seconds=round(train_seconds, 1))
-        if config.export.enabled:
-            from tfsft.export import export_run
-
-            target = export_run(run.path, config.export.base_path, config.export.name)
-            run.set_status("completed", exported=str(target))
-            print(f"Exported {target}", flush=True)
-        if trackers:
-            trackers.finish_run(run.path, metrics, run.status().get("exported") and Path(run.status()["exported"]))
-    if run.scratch:  # a non-chief worker's files only mattered while training
-        shutil.rmtree(run.path, ignore_errors=True)
-    return RunResult(run.path, metrics, state.epochs)
+    return time.time() - started
 
 
-def _early_stopped(state: TrainingState, config: RunConfig, monitor: RunMonitor) -> bool:
-    early = config.training.early_stopping
-    if not early.enabled or not state.epochs:
-        return False
-    best_index, _ = state.best(monitor.monitor, monitor.mode, early.min_delta)
-    return best_index is not None and len(state.epochs) - 1 - best_index > early.patience
+def _stop_if_diverged(p: Prepared, state: TrainingState) -> None:
+    if not state.diverged:
+        return
+    best_file = p.run.checkpoints / "best.weights.h5"
+    if best_file.exists():
+        p.model.load_weights(str(best_file))
+    p.run.set_status("stopped_nan")
+    raise TrainingAborted(
+        f"Training stopped: the loss became NaN/Inf. The best checkpoint is kept at {best_file}. Lower "
+        f"optimizer.learning_rate, enable gradient clipping (optimizer.clip.mode: global_norm), or check the "
+        f"data for extreme values, then run again (a new run, or --resume {p.run.path})."
+    )
+
+
+def _restore_best_weights(p: Prepared, monitors: Monitors) -> None:
+    best_file = p.run.checkpoints / "best.weights.h5"
+    if not (p.config.training.early_stopping.restore_best and best_file.exists()):
+        return
+    p.model.load_weights(str(best_file))
+    best_index, _ = monitors.metric.best(monitors.history.state)
+    print(f"Restored the best weights (epoch {best_index + 1 if best_index is not None else '?'}, "
+          f"{monitors.metric.name}).", flush=True)
+
+
+def _save_evaluate_export(p: Prepared, state: TrainingState, monitors: Monitors, train_seconds: float,
+                          trackers: Optional[Trackers]) -> dict:
+    """Chief only: model.keras and the backbone's weights, the evaluation and report, the SavedModel export."""
+    config, run = p.config, p.run
+    p.model.save(str(run / "model.keras"))
+    p.backbone.save_weights(str(run / "backbone.weights.h5"))
+    evaluated = p
+    if is_multi_worker():
+        # Under MultiWorkerMirroredStrategy, predict() shards its input over the workers and would hand the
+        # chief half of the predictions: evaluate a local copy of the final model instead.
+        from tfsft.runs import load_model_file
+
+        evaluated = dataclasses.replace(p, model=load_model_file(run / "model.keras"))
+    metrics = evaluate_run(evaluated, state.epochs, monitors.overfitting.warnings, train_seconds)
+    run.set_status("completed", train_seconds=round(train_seconds, 1))
+    if config.export.enabled:
+        from tfsft.export import export_run
+
+        target = export_run(run.path, config.export.base_path, config.export.name)
+        run.set_status("completed", exported=str(target))
+        print(f"Exported {target}", flush=True)
+    if trackers:
+        trackers.finish_run(run.path, metrics, run.status().get("exported") and Path(run.status()["exported"]))
+    return metrics

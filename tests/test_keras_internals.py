@@ -1,0 +1,58 @@
+"""The private Keras names tfsft relies on (tfsft/keras_internals.py) still exist, in the Keras version they were
+read against. A failure here means: re-read each override in tfsft/keras_internals.py against the installed Keras
+source before moving CHECKED_AGAINST and the pin in pyproject.toml."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import keras
+import pytest
+
+from tfsft import keras_internals
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_installed_keras_is_the_minor_version_the_internals_were_checked_against():
+    assert keras_internals.keras_minor() == keras_internals.CHECKED_AGAINST, (
+        f"Keras {keras.__version__} is installed; tfsft's private-API overrides were checked against "
+        f"{keras_internals.CHECKED_AGAINST}. Re-read tfsft/keras_internals.py against it first.")
+
+
+def test_the_pyproject_pin_allows_exactly_the_checked_minor_version():
+    pin = re.search(r'"keras>=([\d.]+),<([\d.]+)"', (REPO / "pyproject.toml").read_text())
+    assert pin, "pyproject.toml pins keras as >=X.Y,<X.Z"
+    low, high = pin.groups()
+    major, minor = map(int, keras_internals.CHECKED_AGAINST.split("."))
+    assert keras_internals.keras_minor(low) == keras_internals.CHECKED_AGAINST
+    assert high == f"{major}.{minor + 1}"
+
+
+@pytest.mark.parametrize("owner,name", keras_internals.PRIVATE_ATTRIBUTES,
+                         ids=[f"{o.__name__}.{n}" for o, n in keras_internals.PRIVATE_ATTRIBUTES])
+def test_private_method_exists(owner, name):
+    assert callable(getattr(owner, name, None)), f"{owner.__name__}.{name} is gone from Keras {keras.__version__}"
+
+
+@pytest.mark.parametrize("module,name", keras_internals.PRIVATE_MODULE_NAMES)
+def test_private_module_name_exists(module, name):
+    assert hasattr(importlib.import_module(module), name), f"{module}.{name} is gone from Keras {keras.__version__}"
+
+
+def test_built_optimizer_has_the_private_state_the_overrides_use():
+    from tfsft.optim import AdamW
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = AdamW(learning_rate=keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5), weight_decay=0.1)
+    optimizer.build(model.trainable_variables)
+    kernel, bias = model.trainable_variables
+    assert len(optimizer._momentums) == len(optimizer._velocities) == 2
+    assert optimizer._get_variable_index(bias) == 1
+    assert isinstance(optimizer._learning_rate, keras.optimizers.schedules.ExponentialDecay)
+    keras_internals.add_weight_decay_exclusions(optimizer, [bias])
+    assert keras_internals.uses_weight_decay(optimizer, kernel) and not keras_internals.uses_weight_decay(
+        optimizer, bias)
+    assert keras_internals.variable_key(optimizer, kernel) != keras_internals.variable_key(optimizer, bias)

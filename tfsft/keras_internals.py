@@ -1,0 +1,166 @@
+"""Every private Keras API tfsft relies on, fenced in one module with the Keras version it was checked against.
+
+Keras promises nothing about underscore names or `keras.src`, and tfsft needs a few of them. Each one used by
+the optimizer, freezing and logging code is reached through this module only; tests/test_keras_internals.py
+fails when the installed Keras minor version differs from `CHECKED_AGAINST` or when one of the names below
+disappears. A Keras upgrade is therefore a deliberate act: re-read each override here against the new Keras
+source, then move `CHECKED_AGAINST` and the pin in pyproject.toml (`keras>=3.15,<3.16`) together.
+
+Inventory (all checked against Keras 3.15):
+
+- Optimizer: `_var_key` (a variable's stable key, the same for every replica of a distributed variable),
+  `_use_weight_decay`, `_exclude_from_weight_decay` / `_exclude_from_weight_decay_cache` (adding exclusions),
+  `_learning_rate` (the schedule object behind the `learning_rate` property), `_clip_gradients` (wrapped by the
+  gradient-norm probe of step_logging).
+- Overridden optimizer methods: `_apply_weight_decay` (decoupled decay at each variable's own learning rate:
+  `PerVariableWeightDecay`) and `_backend_update_step` with `_get_variable_index`, `_momentums`,
+  `_velocities` (the fused Adam kernel: `FusedAdamUpdate`).
+- Layers: `_flatten_layers` (every sublayer of a backbone, for freezing).
+- `keras.src.losses.loss.scale_loss_for_distribution` (tfsft/regularization.py, through this module).
+- Imported or patched where they are used, listed here so that the version check covers them:
+  `keras.src.utils.tracking.DotNotTrackScope` (tfsft/tasks/text.py), and
+  `keras.src.backend.tensorflow.trainer.reduce_per_replica` / `Model._maybe_symbolic_build` (the multi-worker
+  patches of tfsft/distribute.py).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+CHECKED_AGAINST = "3.15"  # major.minor of the Keras every name below was read against
+
+# (owner, attribute) pairs tests/test_keras_internals.py checks exist; instance attributes are checked on a built
+# optimizer there.
+PRIVATE_ATTRIBUTES = [
+    (keras.optimizers.Optimizer, "_var_key"),
+    (keras.optimizers.Optimizer, "_use_weight_decay"),
+    (keras.optimizers.Optimizer, "_apply_weight_decay"),
+    (keras.optimizers.Optimizer, "_backend_update_step"),
+    (keras.optimizers.Optimizer, "_get_variable_index"),
+    (keras.optimizers.Optimizer, "_clip_gradients"),
+    (keras.layers.Layer, "_flatten_layers"),
+    (keras.Model, "_maybe_symbolic_build"),
+    (keras.Model, "_symbolic_build"),
+]
+PRIVATE_MODULE_NAMES = [
+    ("keras.src.utils.tracking", "DotNotTrackScope"),
+    ("keras.src.losses.loss", "scale_loss_for_distribution"),
+    ("keras.src.backend.tensorflow.trainer", "reduce_per_replica"),
+]
+
+
+def keras_minor(version: str = keras.__version__) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+# ----------------------------------------------------------------------------------------- optimizer accessors
+def variable_key(optimizer, variable):
+    """The key Keras itself files a variable's optimizer state under (replicas of one variable share it)."""
+    return optimizer._var_key(variable)
+
+
+def uses_weight_decay(optimizer, variable) -> bool:
+    return optimizer._use_weight_decay(variable)
+
+
+def schedule_of(optimizer):
+    """The learning-rate schedule (or the float) the optimizer was built with; `learning_rate` evaluates it."""
+    return optimizer._learning_rate
+
+
+def add_weight_decay_exclusions(optimizer, variables) -> None:
+    """Add `variables` to the optimizer's weight-decay exclusions (Keras's own method replaces the set)."""
+    excluded = set(getattr(optimizer, "_exclude_from_weight_decay", None) or ())
+    optimizer._exclude_from_weight_decay = excluded | {variable_key(optimizer, v) for v in variables}
+    optimizer._exclude_from_weight_decay_cache = {}
+
+
+def wrap_clip_gradients(optimizer, observe) -> None:
+    """Call `observe(grads)` on the final (unscaled, accumulated) gradients of each update, before clipping."""
+    original = optimizer._clip_gradients
+
+    def clip_gradients(grads):
+        observe(grads)
+        return original(grads)
+
+    optimizer._clip_gradients = clip_gradients
+
+
+def flatten_layers(layer):
+    """Every sublayer of `layer`, recursively (not `layer` itself)."""
+    return layer._flatten_layers(include_self=False, recursive=True)
+
+
+def scale_loss_for_distribution(value):
+    from keras.src.losses.loss import scale_loss_for_distribution as scale
+
+    return scale(value)
+
+
+# ----------------------------------------------------------------------------------------- overridden methods
+class PerVariableWeightDecay:
+    """Mixin for Keras optimizers: decoupled weight decay at each variable's own learning rate.
+
+    Keras decays every variable at the global `learning_rate`; the host class provides
+    `learning_rate_of(variable)` (tfsft.learning_rate's formula), so a backbone trained at a tenth of the head's
+    rate is also decayed at a tenth."""
+
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay is None:
+            return
+        for variable in variables:
+            if uses_weight_decay(self, variable):
+                lr = ops.cast(self.learning_rate_of(variable), variable.dtype)
+                variable.assign_sub(variable * ops.cast(self.weight_decay, variable.dtype) * lr)
+
+
+class FusedAdamUpdate:
+    """Mixin for Keras Adam/AdamW: each variable's Adam update as TensorFlow's one fused `ResourceApplyAdam` op.
+
+    Keras 3 writes the update as ~20 small ops per variable. A transformer has ~100 variables, so that is ~2,000
+    ops in the training graph: on a 2-core CPU they cost seconds of Python tracing and graph optimisation
+    before the first step, and an executor dispatch each at every step. The fused kernel computes the same
+    formula (m, v moments; lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) bias correction; epsilon added to sqrt(v));
+    the step's scalars (beta powers) are built once per step and shared by every variable. AMSGrad keeps Keras's
+    own update, and so do sparse gradients (see `update_step`). tests/test_fused_adam.py compares it with Keras's
+    own Adam/AdamW.
+    """
+
+    _step_scalars = None
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        self._step_scalars = {}
+        try:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._step_scalars = None
+
+    def _adam_scalars(self, dtype) -> dict:
+        cached = self._step_scalars.get(dtype) if self._step_scalars is not None else None
+        if cached is None:
+            step = tf.cast(self.iterations + 1, dtype)
+            beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+            cached = dict(beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), beta1=beta_1,
+                          beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype))
+            if self._step_scalars is not None:
+                self._step_scalars[dtype] = cached
+        return cached
+
+    def update_step(self, gradient, variable, learning_rate):
+        # A sparse gradient (an embedding's, unclipped) keeps Keras's update: it moves the moments of the rows
+        # in the batch only, where the fused kernel would decay every row's.
+        if getattr(self, "amsgrad", False) or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        momentum, velocity = self._momentums[index], self._velocities[index]
+        tf.raw_ops.ResourceApplyAdam(var=_handle(variable), m=_handle(momentum), v=_handle(velocity),
+                                     lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
+                                     **self._adam_scalars(dtype))
+
+
+def _handle(variable):
+    """The resource handle of a Keras or tf variable (inside a distribution update: this replica's copy)."""
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
