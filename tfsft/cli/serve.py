@@ -22,7 +22,8 @@ import os
 import sys
 from pathlib import Path
 
-from tfsft.argtypes import ParagraphParser, bounded, non_empty, port, positive
+from tfsft.cli.common import (ParagraphParser, bounded, non_empty, port, positive, quiet_tensorflow, run_main,
+                              setup_logging)
 from tfsft.errors import TfsftError
 from tfsft.serving.app import API_KEY, DEFAULT_MAX_BODY_BYTES, make_app
 from tfsft.serving.errors import ServeConfigError
@@ -139,9 +140,11 @@ def _exit_now_if_busy(busy: int, grace: float) -> None:
 
 
 def main(argv=None) -> int:
-    from tfsft.cli import quiet_tensorflow, run_main, setup_logging
-
     args = build_parser().parse_args(argv)  # every argument checked before anything is loaded
     quiet_tensorflow()  # before TensorFlow is first imported (lazily, by the registry)
     setup_logging()
     return run_main(lambda: serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
