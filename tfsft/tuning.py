@@ -6,6 +6,9 @@ Tuner's oracles pick the values (random, Bayesian, Hyperband, grid) and its chie
 trials (`KERASTUNER_*` variables). The search directory is named after the resolved config, so rerunning the same
 command continues the search: finished trials are kept, an interrupted one is retried and its run resumes from
 its last checkpoint.
+
+The space and a trial's values are tfsft.tuning_space; the outputs (results table, best config, plot, HParams
+logs) tfsft.tuning_results.
 """
 
 from __future__ import annotations
@@ -22,113 +25,22 @@ from typing import Any, Optional
 
 import yaml
 
-from tfsft.config import RunConfig, TuneConfig, TuneParameter, apply_overrides, validate
+from tfsft.config import RunConfig, TuneConfig
 from tfsft.errors import ConfigError, TfsftError
 from tfsft.tracking import SearchParent
+from tfsft.tuning_results import (
+    best_config,
+    collect_results,
+    plot_objective,
+    write_hparams,
+    write_hparams_config,
+    write_results,
+)
+from tfsft.tuning_space import check_space_values, config_for_trial, declare, trial_overrides
 
 log = logging.getLogger(__name__)
 
 RESERVED = "tuner/"  # Keras Tuner's own Hyperband entries (tuner/epochs, tuner/initial_epoch, ...)
-
-
-# ----------------------------------------------------------------------------------------- the space
-def ordered_space(tune: TuneConfig) -> list[tuple[str, TuneParameter]]:
-    """Parameters ordered so that every `when` parent comes before its children (Keras Tuner needs that)."""
-    remaining, ordered, placed = dict(tune.space), [], set()
-    for name, parameter in tune.space.items():
-        missing = [parent for parent in parameter.when if parent not in tune.space]
-        if missing:
-            raise ConfigError(
-                f"tune.space.{name}.when names {missing}, which are not searched. A condition must be on another "
-                f"searched field (add it to tune.space), or drop the condition and set the value in the config.")
-    while remaining:
-        ready = [n for n, p in remaining.items() if all(parent in placed for parent in p.when)]
-        if not ready:
-            raise ConfigError(f"tune.space: the `when` conditions of {sorted(remaining)} form a cycle.")
-        for name in ready:
-            ordered.append((name, remaining.pop(name)))
-            placed.add(name)
-    return ordered
-
-
-def _encode_choices(values: list) -> tuple[list, dict]:
-    """Keras Tuner needs choices of one type; mixed ones (e.g. [2, "all"]) travel as their YAML text."""
-    if len({type(v) for v in values}) == 1:
-        return list(values), {}
-    encoded = [yaml.safe_dump(v).strip().removesuffix("...").strip() for v in values]
-    return encoded, dict(zip(encoded, values))
-
-
-def declare(hp, tune: TuneConfig) -> dict[str, dict]:
-    """Declare the space on a Keras Tuner `HyperParameters`; returns the decoding maps of mixed choices."""
-    decoders: dict[str, dict] = {}
-    grid = tune.tuner == "grid"
-    for name, parameter in ordered_space(tune):
-        scopes = [hp.conditional_scope(parent, _condition_values(tune.space[parent], values))
-                  for parent, values in parameter.when.items()]
-        for scope in scopes:
-            scope.__enter__()
-        try:
-            if parameter.type == "choice":
-                values, decoders[name] = _encode_choices(parameter.values)
-                hp.Choice(name, values, ordered=False)
-            elif parameter.type == "int":
-                hp.Int(name, int(parameter.min), int(parameter.max), step=int(parameter.step or 1),
-                       sampling=parameter.sampling)
-            else:
-                if grid and parameter.step is None:
-                    raise ConfigError(f"tune.tuner is grid but tune.space.{name} is a float range without `step`: "
-                                      f"give it a step (or use type: choice) so the grid is finite.")
-                hp.Float(name, parameter.min, parameter.max, step=parameter.step, sampling=parameter.sampling)
-        finally:
-            for scope in reversed(scopes):
-                scope.__exit__(None, None, None)
-    return decoders
-
-
-def _condition_values(parent: TuneParameter, values: list) -> list:
-    """`when` values as the parent hyperparameter holds them (mixed-type choices travel encoded)."""
-    if parent.type != "choice":
-        return list(values)
-    encoded, decoder = _encode_choices(parent.values)
-    if not decoder:
-        return list(values)
-    back = {json.dumps(original): code for code, original in decoder.items()}
-    return [back.get(json.dumps(v), v) for v in values]
-
-
-def trial_overrides(values: dict, tune: TuneConfig, decoders: dict[str, dict]) -> dict[str, Any]:
-    """Dotted field -> value for the trial's active parameters (inactive conditionals are left out)."""
-    out = {}
-    for name in tune.space:
-        if name in values:
-            value = values[name]
-            out[name] = decoders.get(name, {}).get(value, value)
-    return out
-
-
-def config_for_trial(base: RunConfig, overrides: dict[str, Any], **fields) -> RunConfig:
-    """The base config with the trial's values; fields such as name/output_dir set as well. Raises ConfigError."""
-    raw = base.to_dict()
-    raw.pop("tune", None)
-    raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in {**overrides, **fields}.items()])
-    return validate(raw)
-
-
-def check_space_values(base: RunConfig) -> None:
-    """Every bound and choice must itself be a valid value of its field: fail before the first trial."""
-    tune = base.tune
-    ordered_space(tune)  # conditions on searched fields, no cycles
-    for name, parameter in tune.space.items():
-        probes = parameter.values if parameter.type == "choice" else [parameter.min, parameter.max]
-        for value in probes:
-            if parameter.type == "int":
-                value = int(value)
-            try:
-                config_for_trial(base, {name: value})
-            except ConfigError as exc:
-                raise ConfigError(f"tune.space.{name}: the value {value!r} is not valid for that field. "
-                                  f"{exc}") from None
 
 
 # ----------------------------------------------------------------------------------------- directories
@@ -343,133 +255,6 @@ def _fatal(exc: TfsftError):
     fatal = FatalTfsftError(str(exc))
     fatal.exit_code = exc.exit_code
     return fatal
-
-
-# ----------------------------------------------------------------------------------------- TensorBoard
-def _hparam_domains(tune: TuneConfig) -> list:
-    from tensorboard.plugins.hparams import api as hparams_api
-
-    out = []
-    for name, parameter in tune.space.items():
-        if parameter.type == "choice":
-            values = parameter.values if len({type(v) for v in parameter.values}) == 1 \
-                else [str(v) for v in parameter.values]
-            out.append(hparams_api.HParam(name, hparams_api.Discrete(values)))
-        elif parameter.type == "int":
-            out.append(hparams_api.HParam(name, hparams_api.IntInterval(int(parameter.min), int(parameter.max))))
-        else:
-            out.append(hparams_api.HParam(name, hparams_api.RealInterval(float(parameter.min), float(parameter.max))))
-    return out
-
-
-def write_hparams_config(paths: SearchPaths, tune: TuneConfig) -> None:
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hparams_api
-
-    with tf.summary.create_file_writer(str(paths.hparams)).as_default():
-        hparams_api.hparams_config(hparams=_hparam_domains(tune),
-                                   metrics=[hparams_api.Metric(tune.objective, display_name=tune.objective)])
-
-
-def write_hparams(paths: SearchPaths, tune: TuneConfig, trial_id: str, overrides: dict, score: float) -> None:
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hparams_api
-
-    mixed = {n for n, p in tune.space.items() if p.type == "choice" and len({type(v) for v in p.values}) > 1}
-    shown = {k: (str(v) if k in mixed else v) for k, v in overrides.items()}
-    with tf.summary.create_file_writer(str(paths.hparams / f"trial_{trial_id}")).as_default():
-        hparams_api.hparams(shown, trial_id=f"trial_{trial_id}")
-        tf.summary.scalar(tune.objective, score, step=0)
-
-
-# ----------------------------------------------------------------------------------------- results
-def collect_results(tuner, paths: SearchPaths, tune: TuneConfig) -> list[dict]:
-    """One row per trial the oracle knows, best first; rows carry what the trial's worker recorded."""
-    direction = tune.objective_direction()
-    rows = []
-    for trial_id, trial in sorted(tuner.oracle.trials.items()):
-        info_file = paths.trial_info / f"{trial_id}.json"
-        info = json.loads(info_file.read_text()) if info_file.exists() else {}
-        score = trial.score if trial.score is not None else info.get("objective")
-        row = {"trial_id": trial_id, "status": str(trial.status), tune.objective: score}
-        values = dict(trial.hyperparameters.values)
-        for name in tune.space:
-            row[name] = values.get(name, "")
-        row.update({"epochs": info.get("epochs", ""), "wall_s": info.get("wall_s", ""),
-                    "rss_mb": info.get("rss_mb", ""), "trial_peak_rss_mb": info.get("trial_peak_rss_mb") or "",
-                    "tuner_id": info.get("tuner_id", ""),
-                    "run_dir": ";".join(info.get("run_dirs", []))})
-        rows.append(row)
-    worst = float("inf") if direction == "min" else float("-inf")
-
-    def key(row):
-        value = row[tune.objective]
-        value = worst if value is None else value
-        return value if direction == "min" else -value
-
-    return sorted(rows, key=key)
-
-
-def write_results(rows: list[dict], paths: SearchPaths, tune: TuneConfig) -> None:
-    from tfsft.reporting import write_csv
-
-    write_csv(rows, paths.root / "results.csv")
-    columns = [c for c in rows[0] if c != "run_dir"] if rows else []
-    lines = [f"# Search results: {tune.tuner}, objective {tune.objective} ({tune.objective_direction()})", "",
-             "| rank | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for rank, row in enumerate(rows, 1):
-        cells = [_cell(row[c]) for c in columns]
-        lines.append(f"| {rank} | " + " | ".join(cells) + " |")
-    (paths.root / "results.md").write_text("\n".join(lines) + "\n")
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def best_config(base: RunConfig, rows: list[dict], tune: TuneConfig, decoders: dict) -> Optional[dict]:
-    """The base config with the best completed trial's values, minus `tune`: `tfsft.train` takes it as is."""
-    completed = [r for r in rows if r[tune.objective] is not None and "COMPLETED" in r["status"]]
-    if not completed:
-        return None
-    best = completed[0]
-    values = {name: best[name] for name in tune.space if best[name] != ""}
-    overrides = trial_overrides(values, tune, decoders)
-    fields = {"name": f"{base.name}_best"}
-    if best.get("epochs") not in ("", None):
-        fields["training.epochs"] = int(best["epochs"])
-    raw = config_for_trial(base, overrides, **fields).to_dict()
-    raw.pop("tune", None)
-    return raw
-
-
-def plot_objective(rows: list[dict], tune: TuneConfig, path: Path) -> None:
-    from tfsft.reporting import _pyplot
-
-    plt = _pyplot()
-    names = list(tune.space)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        points = [(r[name], r[tune.objective]) for r in rows if r[name] != "" and r[tune.objective] is not None]
-        parameter = tune.space[name]
-        if parameter.type == "choice":
-            labels = [str(v) for v in parameter.values]
-            xs = [labels.index(str(x)) if str(x) in labels else -1 for x, _ in points]
-            ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 6 else 0)
-        else:
-            xs = [float(x) for x, _ in points]
-            if parameter.sampling == "log":
-                ax.set_xscale("log")
-        ax.scatter(xs, [y for _, y in points], color="tab:blue")
-        ax.set_xlabel(name)
-        ax.set_ylabel(tune.objective)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{tune.objective} per trial ({tune.tuner} search)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------- entry
