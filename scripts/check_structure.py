@@ -44,8 +44,12 @@ def _functions(tree: ast.AST, prefix: str = ""):
             yield from _functions(node, prefix)
 
 
-def check_file(path: Path, max_module_lines: int = MAX_MODULE_LINES,
-               max_function_lines: int = MAX_FUNCTION_LINES, shown: str | None = None) -> list[Offender]:
+def check_file(
+    path: Path,
+    max_module_lines: int = MAX_MODULE_LINES,
+    max_function_lines: int = MAX_FUNCTION_LINES,
+    shown: str | None = None,
+) -> list[Offender]:
     source = path.read_text(encoding="utf-8")
     shown = shown or str(path)
     offenders = []
@@ -73,8 +77,9 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def check(paths: list[Path], max_module_lines: int = MAX_MODULE_LINES,
-          max_function_lines: int = MAX_FUNCTION_LINES) -> list[Offender]:
+def check(
+    paths: list[Path], max_module_lines: int = MAX_MODULE_LINES, max_function_lines: int = MAX_FUNCTION_LINES
+) -> list[Offender]:
     offenders = []
     for file in python_files(paths):
         offenders += check_file(file, max_module_lines, max_function_lines, shown=_shown(file))
@@ -94,8 +99,11 @@ def main(argv=None) -> int:
     for offender in offenders:
         print(offender)
     if offenders:
-        print(f"{len(offenders)} over the limits (modules > {args.max_module_lines} lines, functions > "
-              f"{args.max_function_lines} lines).", file=sys.stderr)
+        print(
+            f"{len(offenders)} over the limits (modules > {args.max_module_lines} lines, functions > "
+            f"{args.max_function_lines} lines).",
+            file=sys.stderr,
+        )
     return 1 if offenders else 0
 
 

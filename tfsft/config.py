@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from tfsft.config_schema.base import Section
 from tfsft.config_schema.inputs import (
@@ -224,7 +225,7 @@ def tunable_field_problem(dotted: str) -> Optional[str]:
     return None
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     loc = tuple(error["loc"])
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     kind = error["type"]

@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -36,7 +36,7 @@ from tfsft.tuning_results import (
     write_hparams_config,
     write_results,
 )
-from tfsft.tuning_space import check_space_values, config_for_trial, declare, trial_overrides
+from tfsft.tuning_space import check_space_values, config_for_trial, declare, search_settings, trial_overrides
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ RESERVED = "tuner/"  # Keras Tuner's own Hyperband entries (tuner/epochs, tuner/
 
 
 # ----------------------------------------------------------------------------------------- directories
-def search_id(config: RunConfig, name: Optional[str]) -> str:
+def search_id(config: RunConfig, name: str | None) -> str:
     """Same resolved config (max_trials aside, so it can be raised to extend a search) -> same search folder."""
     raw = config.to_dict()
     raw["tune"] = {k: v for k, v in raw["tune"].items() if k != "max_trials"}
@@ -80,7 +80,8 @@ def objective_value(history: list[dict], objective: str, direction: str) -> floa
         logged = sorted({k for epoch in history for k in epoch if k.startswith("val_")})
         raise ObjectiveError(
             f"tune.objective = '{objective}' was not logged by the trial. Validation metrics logged: "
-            f"{', '.join(logged) or 'none (is there a validation split?)'}. Set tune.objective to one of them.")
+            f"{', '.join(logged) or 'none (is there a validation split?)'}. Set tune.objective to one of them."
+        )
     return min(values) if direction == "min" else max(values)
 
 
@@ -95,7 +96,7 @@ def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _keras_tuner():
+def _keras_tuner() -> Any:  # untyped: its classes are subclassed and called dynamically
     import keras_tuner
 
     return keras_tuner
@@ -117,28 +118,34 @@ def build_oracle(tune: TuneConfig, base: RunConfig):
         return kt.oracles.BayesianOptimizationOracle(max_trials=tune.max_trials, **common)
     if tune.tuner == "grid":
         return kt.oracles.GridSearchOracle(max_trials=tune.max_trials, **common)
-    return kt.oracles.HyperbandOracle(max_epochs=tune.max_epochs or base.training.epochs,
-                                      factor=tune.hyperband_factor, **common)
+    return kt.oracles.HyperbandOracle(
+        max_epochs=tune.max_epochs or base.training.epochs, factor=tune.hyperband_factor, **common
+    )
 
 
 def make_tuner(base: RunConfig, paths: SearchPaths, verbose: int = 0):
     """A Keras Tuner BaseTuner whose trials are tfsft runs of `base` with the trial's values."""
     kt = _keras_tuner()
-    tune = base.tune
+    tune = search_settings(base)
 
-    class SpaceModel(kt.HyperModel):
+    class SpaceModel(kt.HyperModel):  # type: ignore[name-defined]  # keras_tuner, imported lazily
         def build(self, hp):
             self.decoders = declare(hp, tune)
 
-    class TfsftTuner(kt.engine.base_tuner.BaseTuner):
+    class TfsftTuner(kt.engine.base_tuner.BaseTuner):  # type: ignore[name-defined]
         def run_trial(self, trial, *args, **kwargs):
             return run_trial(base, paths, trial, self.hypermodel.decoders, verbose)
 
     hypermodel = SpaceModel()
     hypermodel.build(kt.HyperParameters())  # decoders exist even when the tuner reloads instead of declaring
     paths.root.mkdir(parents=True, exist_ok=True)
-    tuner = TfsftTuner(oracle=build_oracle(tune, base), hypermodel=hypermodel, directory=str(paths.root),
-                       project_name="keras_tuner", overwrite=False)
+    tuner = TfsftTuner(
+        oracle=build_oracle(tune, base),
+        hypermodel=hypermodel,
+        directory=str(paths.root),
+        project_name="keras_tuner",
+        overwrite=False,
+    )
     if tune.tuner != "hyperband" and hasattr(tuner.oracle, "max_trials"):
         tuner.oracle.max_trials = tune.max_trials  # a rerun may raise max_trials to extend the search
     return tuner
@@ -149,7 +156,7 @@ def run_trial(base: RunConfig, paths: SearchPaths, trial, decoders: dict, verbos
     kt = _keras_tuner()
     from tfsft.trainer import train
 
-    tune = base.tune
+    tune = search_settings(base)
     values = dict(trial.hyperparameters.values)
     overrides = trial_overrides(values, tune, decoders)
     fields: dict[str, Any] = {"output_dir": str(paths.trials), "export.enabled": False}
@@ -182,11 +189,18 @@ def run_trial(base: RunConfig, paths: SearchPaths, trial, decoders: dict, verbos
             raise _fatal(exc) from None
         run_dirs.append(str(run_dir))
     score = sum(scores) / len(scores)
-    info = {"trial_id": trial.trial_id, "overrides": overrides, "objective": score, "executions": scores,
-            "epochs": fields.get("training.epochs", base.training.epochs), "wall_s": round(time.time() - started, 1),
-            "rss_mb": round(rss_mb(), 1), "trial_peak_rss_mb": round(max(peaks), 1) if peaks else None,
-            "run_dirs": run_dirs, "tuner_id": os.environ.get("KERASTUNER_TUNER_ID",
-                                                                                          "tuner0")}
+    info = {
+        "trial_id": trial.trial_id,
+        "overrides": overrides,
+        "objective": score,
+        "executions": scores,
+        "epochs": fields.get("training.epochs", base.training.epochs),
+        "wall_s": round(time.time() - started, 1),
+        "rss_mb": round(rss_mb(), 1),
+        "trial_peak_rss_mb": round(max(peaks), 1) if peaks else None,
+        "run_dirs": run_dirs,
+        "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"),
+    }
     paths.trial_info.mkdir(parents=True, exist_ok=True)
     (paths.trial_info / f"{trial.trial_id}.json").write_text(json.dumps(info, indent=1))
     write_hparams(paths, tune, trial.trial_id, overrides, score)
@@ -231,8 +245,10 @@ def train_in_child(config: RunConfig, verbose: int) -> tuple[list, Path, float]:
         kind, payload = receiver.recv()
     except EOFError:
         child.join()
-        raise TfsftError(f"The trial's training process died (exit code {child.exitcode}), e.g. killed for "
-                         f"memory. Lower training.batch_size or text.max_length and run the search again.") from None
+        raise TfsftError(
+            f"The trial's training process died (exit code {child.exitcode}), e.g. killed for "
+            f"memory. Lower training.batch_size or text.max_length and run the search again."
+        ) from None
     child.join()
     if kind == "ok":
         history, run_dir, peak = payload
@@ -249,7 +265,7 @@ def _fatal(exc: TfsftError):
     """Keras Tuner keeps going after ordinary errors; a user mistake that every trial would repeat stops it."""
     kt = _keras_tuner()
 
-    class FatalTfsftError(type(exc), kt.errors.FatalError):
+    class FatalTfsftError(type(exc), kt.errors.FatalError):  # type: ignore[misc,name-defined]  # exc's own class
         pass
 
     fatal = FatalTfsftError(str(exc))
@@ -262,14 +278,12 @@ def _fatal(exc: TfsftError):
 class SearchResult:
     root: Path
     rows: list[dict]
-    best_config_path: Optional[Path]
+    best_config_path: Path | None
 
 
-def run_search(base: RunConfig, name: Optional[str] = None, verbose: int = 0) -> SearchResult:
+def run_search(base: RunConfig, name: str | None = None, verbose: int = 0) -> SearchResult:
     """Run (or continue) the search of `base.tune`; on the chief or a single process, write the outputs."""
-    if base.tune is None:
-        raise ConfigError("The config has no `tune:` section. Add one (see configs/tune_quickstart.yaml) with "
-                          "`space:` listing the dotted fields to search, or pass it with a second --config.")
+    tune = search_settings(base)
     check_space_values(base)
     root = Path(base.output_dir) / "tune" / search_id(base, name)
     paths = SearchPaths(root)
@@ -277,7 +291,7 @@ def run_search(base: RunConfig, name: Optional[str] = None, verbose: int = 0) ->
     if not worker:
         root.mkdir(parents=True, exist_ok=True)
         (root / "search_config.yaml").write_text(yaml.safe_dump(base.to_dict(), sort_keys=False))
-        write_hparams_config(paths, base.tune)
+        write_hparams_config(paths, tune)
     parent = SearchParent(base, root.name)  # trials log as child runs (MLflow) / in one group (W&B)
     tuner = make_tuner(parent.trial_base(base), paths, verbose)
     log.info("Search directory: %s", root)
@@ -289,16 +303,18 @@ def run_search(base: RunConfig, name: Optional[str] = None, verbose: int = 0) ->
             raise
         failed = [t for t in tuner.oracle.trials.values() if t.message]
         last = failed[-1].message.strip().splitlines()[-1] if failed else str(exc)
-        raise TfsftError(f"The search stopped: {len(failed)} trial(s) failed in a row; the last one with: {last} "
-                         f"Each trial's run directory is under {paths.trials}. Narrow tune.space (e.g. a lower "
-                         f"learning-rate range) and run the same command again: finished trials are kept.") from None
+        raise TfsftError(
+            f"The search stopped: {len(failed)} trial(s) failed in a row; the last one with: {last} "
+            f"Each trial's run directory is under {paths.trials}. Narrow tune.space (e.g. a lower "
+            f"learning-rate range) and run the same command again: finished trials are kept."
+        ) from None
     if worker:
         return SearchResult(root, [], None)
-    rows = collect_results(tuner, paths, base.tune)
-    write_results(rows, paths, base.tune)
+    rows = collect_results(tuner, paths, tune)
+    write_results(rows, paths, tune)
     if rows:
-        plot_objective(rows, base.tune, root / "objective_vs_hparams.png")
-    best = best_config(base, rows, base.tune, tuner.hypermodel.decoders)
+        plot_objective(rows, tune, root / "objective_vs_hparams.png")
+    best = best_config(base, rows, tune, tuner.hypermodel.decoders)
     best_path = None
     if best is not None:
         best_path = root / "best_config.yaml"

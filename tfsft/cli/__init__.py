@@ -12,8 +12,24 @@ The `python -m tfsft.<command>` modules are aliases of these. Importing `tfsft.c
 (no TensorFlow): scripts use `from tfsft.cli import quiet_tensorflow` before their first TF import.
 """
 
-from tfsft.cli.common import (QUICKSTART, REPO_CONFIGS, format_error, positive_int, quiet_tensorflow, run_main,
-                              run_with_config, setup_logging)
+from tfsft.cli.common import (
+    QUICKSTART,
+    REPO_CONFIGS,
+    format_error,
+    positive_int,
+    quiet_tensorflow,
+    run_main,
+    run_with_config,
+    setup_logging,
+)
 
-__all__ = ["QUICKSTART", "REPO_CONFIGS", "format_error", "positive_int", "quiet_tensorflow", "run_main",
-           "run_with_config", "setup_logging"]
+__all__ = [
+    "QUICKSTART",
+    "REPO_CONFIGS",
+    "format_error",
+    "positive_int",
+    "quiet_tensorflow",
+    "run_main",
+    "run_with_config",
+    "setup_logging",
+]

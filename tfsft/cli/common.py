@@ -15,8 +15,9 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from tfsft.errors import TfsftError
 from tfsft.versions import model_name_problem, version_problem
@@ -96,8 +97,11 @@ def _drop_duplicate_tf_handler() -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("absl", "h5py", "matplotlib", "PIL", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -154,8 +158,9 @@ def _number(text: str, kind: type):
     try:
         value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
-                                         f"got '{text}'") from None
+        raise argparse.ArgumentTypeError(
+            f"expected {'a whole number' if kind is int else 'a number'}, got '{text}'"
+        ) from None
     if kind is float and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
     return value
@@ -163,6 +168,7 @@ def _number(text: str, kind: type):
 
 def bounded(kind: type, low=None, high=None, low_open: bool = False) -> Callable:
     """A type accepting `kind` values in [low, high] (or (low, high] with low_open)."""
+
     def parse(text: str):
         value = _number(text, kind)
         too_low = low is not None and (value <= low if low_open else value < low)
@@ -171,6 +177,7 @@ def bounded(kind: type, low=None, high=None, low_open: bool = False) -> Callable
             allowed = f"{lower} and at most {high}" if high is not None else lower
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
+
     return _named(parse, kind.__name__)
 
 
@@ -215,4 +222,3 @@ def non_empty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
-

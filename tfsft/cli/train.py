@@ -16,24 +16,40 @@ if TYPE_CHECKING:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tfsft.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", default=[],
-                        help="YAML config; repeat to merge several (later files win). Default: the quickstart.")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override one config value, e.g. --set optimizer.learning_rate=3e-5")
-    parser.add_argument("--resume", default="auto",
-                        help="auto: continue an unfinished run with the same config; never; or a run directory.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tfsft.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="YAML config; repeat to merge several (later files win). Default: the quickstart.",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override one config value, e.g. --set optimizer.learning_rate=3e-5",
+    )
+    parser.add_argument(
+        "--resume",
+        default="auto",
+        help="auto: continue an unfinished run with the same config; never; or a run directory.",
+    )
     parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
-    parser.add_argument("--verbose", action="store_true",
-                        help="Debug logging, and TensorFlow's own start-up lines (hidden by default).")
+    parser.add_argument(
+        "--verbose", action="store_true", help="Debug logging, and TensorFlow's own start-up lines (hidden by default)."
+    )
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_with_config(args.config or [QUICKSTART], args.overrides, args.verbose,
-                           lambda config: _train(config, args))
+    return run_with_config(
+        args.config or [QUICKSTART], args.overrides, args.verbose, lambda config: _train(config, args)
+    )
 
 
 def _train(config: RunConfig, args: argparse.Namespace) -> None:

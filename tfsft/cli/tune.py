@@ -25,15 +25,28 @@ if TYPE_CHECKING:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tfsft.tune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", default=[], required=True,
-                        help="YAML config; repeat to merge several (e.g. the base run, then its tune: section).")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override one config value, e.g. --set tune.tuner=bayesian")
+    parser = argparse.ArgumentParser(
+        prog="python -m tfsft.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        required=True,
+        help="YAML config; repeat to merge several (e.g. the base run, then its tune: section).",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override one config value, e.g. --set tune.tuner=bayesian",
+    )
     parser.add_argument("--max-trials", type=positive_int, help="Shortcut for --set tune.max_trials=N.")
-    parser.add_argument("--tuner", choices=("random", "bayesian", "hyperband", "grid"),
-                        help="Shortcut for --set tune.tuner=...")
+    parser.add_argument(
+        "--tuner", choices=("random", "bayesian", "hyperband", "grid"), help="Shortcut for --set tune.tuner=..."
+    )
     parser.add_argument("--name", help="Search name (default: the config's name); the folder adds a config hash.")
     parser.add_argument("--verbose", action="store_true", help="Keras progress output for every trial.")
     return parser.parse_args(argv)
@@ -51,8 +64,10 @@ def main(argv=None) -> int:
 
 def _search(config: RunConfig, args: argparse.Namespace) -> None:
     if config.tune is None:
-        raise ConfigError(f"The config {args.config} has no tune: section; add one (see "
-                          f"configs/tune_quickstart.yaml) with the fields to search under tune.space.")
+        raise ConfigError(
+            f"The config {args.config} has no tune: section; add one (see "
+            f"configs/tune_quickstart.yaml) with the fields to search under tune.space."
+        )
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name) or args.name in (".", ".."):
         raise ConfigError(f"--name '{args.name}' must be a single folder name (letters, digits, _ . -).")
     from tfsft.preflight import check_run_inputs
@@ -65,8 +80,10 @@ def _search(config: RunConfig, args: argparse.Namespace) -> None:
     if result.rows:
         print((result.root / "results.md").read_text())
     if result.best_config_path:
-        print(f"Best config: {result.best_config_path}\n"
-              f"Retrain it: python -m tfsft.train --config {result.best_config_path}")
+        print(
+            f"Best config: {result.best_config_path}\n"
+            f"Retrain it: python -m tfsft.train --config {result.best_config_path}"
+        )
 
 
 if __name__ == "__main__":
