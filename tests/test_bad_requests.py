@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tfsft.export import main as export_main
 from tfsft.serving import RequestLimits, make_app
-from tfsft.serving.cli import main as serve_main
+from tfsft.cli.serve import main as serve_main
 
 from servables import png_b64
 

@@ -15,7 +15,7 @@ import pytest
 
 from tfsft import export as export_module
 from tfsft.export import ExportError, export_run
-from tfsft.predict import main as predict_main
+from tfsft.cli.predict import main as predict_main
 from tfsft.trainer import train
 
 from conftest import REPO, text_config, validated

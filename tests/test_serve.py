@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tfsft.serving import ModelRegistry, format_response, main, make_app
+from tfsft.cli.serve import main
+from tfsft.serving import ModelRegistry, format_response, make_app
 
 from servables import png_b64
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tfsft.errors import TrainingAborted
-from tfsft.evaluate import evaluate
+from tfsft.evaluation import evaluate_finished_run
 from tfsft.trainer import fit_and_evaluate, prepare, train
 
 from conftest import NEGATIVE, NEUTRAL, POSITIVE, keyword_texts, text_config, validated, write_csv
@@ -102,7 +102,7 @@ def test_nan_loss_stops_training_and_keeps_best_checkpoint(tmp_path):
 def test_evaluate_cli_reevaluates_a_run_on_new_data(tmp_path, text_data, capsys):
     result = train(validated(text_config(text_data, tmp_path, training={"epochs": 3})), verbose=0)
     other = write_csv(tmp_path / "other.csv", keyword_texts(40, 7) + [("meh", "unknown-label")])
-    metrics = evaluate(result.run_dir, str(other))
+    metrics = evaluate_finished_run(result.run_dir, str(other))
     assert metrics["num_examples"] == 40  # the unknown label is skipped and counted
     assert metrics["accuracy"] >= 0.9
     folder = next((result.run_dir / "evaluations").iterdir())

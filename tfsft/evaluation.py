@@ -138,3 +138,46 @@ def evaluate_run(p, history: list[dict], warnings: list[str], train_seconds: flo
     which = "test" if "test" in results else "validation"
     print(f"Evaluation on {which}: {headline}. Report: {run / 'report.md'}", flush=True)
     return results
+
+
+def evaluate_finished_run(run_dir: Path, data: str | None) -> dict:
+    """`python -m tfsft.evaluate`: a finished run's model on its test split or on `data` (a file or folder in the
+    training format), written to `<run>/evaluations/<data>-<time>/`; the run's own files are never overwritten.
+    The command line checks --run and --data first (tfsft.cli.evaluate.check_arguments)."""
+    import time
+
+    from tfsft.data import BadRecords, ClassIndex
+    from tfsft.data import _check_bad_fraction as check_bad_fraction
+    from tfsft.errors import DataError
+    from tfsft.paths import resolve
+    from tfsft.runs import load_run
+    from tfsft.tasks import get_modality
+
+    config, class_names, model = load_run(run_dir)
+    source = data or config.data.test
+    if not source:
+        raise DataError(f"The run {run_dir} has no test file in its config (it was split off); pass --data FILE.")
+    path = resolve(source, what="--data")
+    if not Path(path).exists():
+        raise DataError(f"--data '{source}' does not exist. Give a file (or image folder) in the training format.")
+    if Path(path).is_dir() and config.task.modality != "image":
+        raise DataError(f"--data '{source}' is a folder; this text run needs a CSV/TSV/JSONL file.")
+    modality = get_modality(config, run_dir)
+    bad = BadRecords(policy=config.data.on_bad_record)
+    records = modality.read(path, config, bad)
+    classes = ClassIndex(class_names)
+    records = classes.filter_unknown(records, bad)
+    check_bad_fraction(bad, path, len(records), config.data.max_bad_fraction)
+    if len(records) == 0:
+        raise DataError(f"No usable records in '{source}' ({len(bad.items)} bad). Check its columns and labels.")
+    modality.prepare(records)
+    out = run_dir / "evaluations" / f"{Path(path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True)
+    bad.write(out / "bad_records.csv")
+    targets = classes.targets(records.labels, config.task.type)
+    metrics = evaluate_records(model, modality, records, targets, config, class_names, out, prefix="eval")
+    metrics["data"] = str(path)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    headline = ", ".join(f"{k}={metrics[k]:.4f}" for k in HEADLINE[config.task.type] if metrics.get(k) is not None)
+    print(f"{len(records)} examples ({len(bad.items)} bad skipped): {headline}\nResults: {out}")
+    return metrics

@@ -355,7 +355,7 @@ def _text_version() -> dict:
 def main(argv=None) -> int:
     import argparse
 
-    from tfsft.argtypes import ParagraphParser, model_name, non_empty, version_number
+    from tfsft.cli.common import ParagraphParser, model_name, non_empty, version_number
     from tfsft.cli import quiet_tensorflow, run_main, setup_logging
 
     parser = ParagraphParser(prog="python -m tfsft.export", description=__doc__,

@@ -6,6 +6,9 @@ Tuner's oracles pick the values (random, Bayesian, Hyperband, grid) and its chie
 trials (`KERASTUNER_*` variables). The search directory is named after the resolved config, so rerunning the same
 command continues the search: finished trials are kept, an interrupted one is retried and its run resumes from
 its last checkpoint.
+
+The space and a trial's values are tfsft.tuning_space; the outputs (results table, best config, plot, HParams
+logs) tfsft.tuning_results.
 """
 
 from __future__ import annotations
@@ -18,121 +21,30 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
-from tfsft.config import RunConfig, TuneConfig, TuneParameter, apply_overrides, validate
+from tfsft.config import RunConfig, TuneConfig
 from tfsft.errors import ConfigError, TfsftError
 from tfsft.tracking import SearchParent
+from tfsft.tuning_results import (
+    best_config,
+    collect_results,
+    plot_objective,
+    write_hparams,
+    write_hparams_config,
+    write_results,
+)
+from tfsft.tuning_space import check_space_values, config_for_trial, declare, search_settings, trial_overrides
 
 log = logging.getLogger(__name__)
 
 RESERVED = "tuner/"  # Keras Tuner's own Hyperband entries (tuner/epochs, tuner/initial_epoch, ...)
 
 
-# ----------------------------------------------------------------------------------------- the space
-def ordered_space(tune: TuneConfig) -> list[tuple[str, TuneParameter]]:
-    """Parameters ordered so that every `when` parent comes before its children (Keras Tuner needs that)."""
-    remaining, ordered, placed = dict(tune.space), [], set()
-    for name, parameter in tune.space.items():
-        missing = [parent for parent in parameter.when if parent not in tune.space]
-        if missing:
-            raise ConfigError(
-                f"tune.space.{name}.when names {missing}, which are not searched. A condition must be on another "
-                f"searched field (add it to tune.space), or drop the condition and set the value in the config.")
-    while remaining:
-        ready = [n for n, p in remaining.items() if all(parent in placed for parent in p.when)]
-        if not ready:
-            raise ConfigError(f"tune.space: the `when` conditions of {sorted(remaining)} form a cycle.")
-        for name in ready:
-            ordered.append((name, remaining.pop(name)))
-            placed.add(name)
-    return ordered
-
-
-def _encode_choices(values: list) -> tuple[list, dict]:
-    """Keras Tuner needs choices of one type; mixed ones (e.g. [2, "all"]) travel as their YAML text."""
-    if len({type(v) for v in values}) == 1:
-        return list(values), {}
-    encoded = [yaml.safe_dump(v).strip().removesuffix("...").strip() for v in values]
-    return encoded, dict(zip(encoded, values))
-
-
-def declare(hp, tune: TuneConfig) -> dict[str, dict]:
-    """Declare the space on a Keras Tuner `HyperParameters`; returns the decoding maps of mixed choices."""
-    decoders: dict[str, dict] = {}
-    grid = tune.tuner == "grid"
-    for name, parameter in ordered_space(tune):
-        scopes = [hp.conditional_scope(parent, _condition_values(tune.space[parent], values))
-                  for parent, values in parameter.when.items()]
-        for scope in scopes:
-            scope.__enter__()
-        try:
-            if parameter.type == "choice":
-                values, decoders[name] = _encode_choices(parameter.values)
-                hp.Choice(name, values, ordered=False)
-            elif parameter.type == "int":
-                hp.Int(name, int(parameter.min), int(parameter.max), step=int(parameter.step or 1),
-                       sampling=parameter.sampling)
-            else:
-                if grid and parameter.step is None:
-                    raise ConfigError(f"tune.tuner is grid but tune.space.{name} is a float range without `step`: "
-                                      f"give it a step (or use type: choice) so the grid is finite.")
-                hp.Float(name, parameter.min, parameter.max, step=parameter.step, sampling=parameter.sampling)
-        finally:
-            for scope in reversed(scopes):
-                scope.__exit__(None, None, None)
-    return decoders
-
-
-def _condition_values(parent: TuneParameter, values: list) -> list:
-    """`when` values as the parent hyperparameter holds them (mixed-type choices travel encoded)."""
-    if parent.type != "choice":
-        return list(values)
-    encoded, decoder = _encode_choices(parent.values)
-    if not decoder:
-        return list(values)
-    back = {json.dumps(original): code for code, original in decoder.items()}
-    return [back.get(json.dumps(v), v) for v in values]
-
-
-def trial_overrides(values: dict, tune: TuneConfig, decoders: dict[str, dict]) -> dict[str, Any]:
-    """Dotted field -> value for the trial's active parameters (inactive conditionals are left out)."""
-    out = {}
-    for name in tune.space:
-        if name in values:
-            value = values[name]
-            out[name] = decoders.get(name, {}).get(value, value)
-    return out
-
-
-def config_for_trial(base: RunConfig, overrides: dict[str, Any], **fields) -> RunConfig:
-    """The base config with the trial's values; fields such as name/output_dir set as well. Raises ConfigError."""
-    raw = base.to_dict()
-    raw.pop("tune", None)
-    raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in {**overrides, **fields}.items()])
-    return validate(raw)
-
-
-def check_space_values(base: RunConfig) -> None:
-    """Every bound and choice must itself be a valid value of its field: fail before the first trial."""
-    tune = base.tune
-    ordered_space(tune)  # conditions on searched fields, no cycles
-    for name, parameter in tune.space.items():
-        probes = parameter.values if parameter.type == "choice" else [parameter.min, parameter.max]
-        for value in probes:
-            if parameter.type == "int":
-                value = int(value)
-            try:
-                config_for_trial(base, {name: value})
-            except ConfigError as exc:
-                raise ConfigError(f"tune.space.{name}: the value {value!r} is not valid for that field. "
-                                  f"{exc}") from None
-
-
 # ----------------------------------------------------------------------------------------- directories
-def search_id(config: RunConfig, name: Optional[str]) -> str:
+def search_id(config: RunConfig, name: str | None) -> str:
     """Same resolved config (max_trials aside, so it can be raised to extend a search) -> same search folder."""
     raw = config.to_dict()
     raw["tune"] = {k: v for k, v in raw["tune"].items() if k != "max_trials"}
@@ -168,7 +80,8 @@ def objective_value(history: list[dict], objective: str, direction: str) -> floa
         logged = sorted({k for epoch in history for k in epoch if k.startswith("val_")})
         raise ObjectiveError(
             f"tune.objective = '{objective}' was not logged by the trial. Validation metrics logged: "
-            f"{', '.join(logged) or 'none (is there a validation split?)'}. Set tune.objective to one of them.")
+            f"{', '.join(logged) or 'none (is there a validation split?)'}. Set tune.objective to one of them."
+        )
     return min(values) if direction == "min" else max(values)
 
 
@@ -183,7 +96,7 @@ def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _keras_tuner():
+def _keras_tuner() -> Any:  # untyped: its classes are subclassed and called dynamically
     import keras_tuner
 
     return keras_tuner
@@ -205,28 +118,34 @@ def build_oracle(tune: TuneConfig, base: RunConfig):
         return kt.oracles.BayesianOptimizationOracle(max_trials=tune.max_trials, **common)
     if tune.tuner == "grid":
         return kt.oracles.GridSearchOracle(max_trials=tune.max_trials, **common)
-    return kt.oracles.HyperbandOracle(max_epochs=tune.max_epochs or base.training.epochs,
-                                      factor=tune.hyperband_factor, **common)
+    return kt.oracles.HyperbandOracle(
+        max_epochs=tune.max_epochs or base.training.epochs, factor=tune.hyperband_factor, **common
+    )
 
 
 def make_tuner(base: RunConfig, paths: SearchPaths, verbose: int = 0):
     """A Keras Tuner BaseTuner whose trials are tfsft runs of `base` with the trial's values."""
     kt = _keras_tuner()
-    tune = base.tune
+    tune = search_settings(base)
 
-    class SpaceModel(kt.HyperModel):
+    class SpaceModel(kt.HyperModel):  # type: ignore[name-defined]  # keras_tuner, imported lazily
         def build(self, hp):
             self.decoders = declare(hp, tune)
 
-    class TfsftTuner(kt.engine.base_tuner.BaseTuner):
+    class TfsftTuner(kt.engine.base_tuner.BaseTuner):  # type: ignore[name-defined]
         def run_trial(self, trial, *args, **kwargs):
             return run_trial(base, paths, trial, self.hypermodel.decoders, verbose)
 
     hypermodel = SpaceModel()
     hypermodel.build(kt.HyperParameters())  # decoders exist even when the tuner reloads instead of declaring
     paths.root.mkdir(parents=True, exist_ok=True)
-    tuner = TfsftTuner(oracle=build_oracle(tune, base), hypermodel=hypermodel, directory=str(paths.root),
-                       project_name="keras_tuner", overwrite=False)
+    tuner = TfsftTuner(
+        oracle=build_oracle(tune, base),
+        hypermodel=hypermodel,
+        directory=str(paths.root),
+        project_name="keras_tuner",
+        overwrite=False,
+    )
     if tune.tuner != "hyperband" and hasattr(tuner.oracle, "max_trials"):
         tuner.oracle.max_trials = tune.max_trials  # a rerun may raise max_trials to extend the search
     return tuner
@@ -237,7 +156,7 @@ def run_trial(base: RunConfig, paths: SearchPaths, trial, decoders: dict, verbos
     kt = _keras_tuner()
     from tfsft.trainer import train
 
-    tune = base.tune
+    tune = search_settings(base)
     values = dict(trial.hyperparameters.values)
     overrides = trial_overrides(values, tune, decoders)
     fields: dict[str, Any] = {"output_dir": str(paths.trials), "export.enabled": False}
@@ -270,11 +189,18 @@ def run_trial(base: RunConfig, paths: SearchPaths, trial, decoders: dict, verbos
             raise _fatal(exc) from None
         run_dirs.append(str(run_dir))
     score = sum(scores) / len(scores)
-    info = {"trial_id": trial.trial_id, "overrides": overrides, "objective": score, "executions": scores,
-            "epochs": fields.get("training.epochs", base.training.epochs), "wall_s": round(time.time() - started, 1),
-            "rss_mb": round(rss_mb(), 1), "trial_peak_rss_mb": round(max(peaks), 1) if peaks else None,
-            "run_dirs": run_dirs, "tuner_id": os.environ.get("KERASTUNER_TUNER_ID",
-                                                                                          "tuner0")}
+    info = {
+        "trial_id": trial.trial_id,
+        "overrides": overrides,
+        "objective": score,
+        "executions": scores,
+        "epochs": fields.get("training.epochs", base.training.epochs),
+        "wall_s": round(time.time() - started, 1),
+        "rss_mb": round(rss_mb(), 1),
+        "trial_peak_rss_mb": round(max(peaks), 1) if peaks else None,
+        "run_dirs": run_dirs,
+        "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"),
+    }
     paths.trial_info.mkdir(parents=True, exist_ok=True)
     (paths.trial_info / f"{trial.trial_id}.json").write_text(json.dumps(info, indent=1))
     write_hparams(paths, tune, trial.trial_id, overrides, score)
@@ -319,8 +245,10 @@ def train_in_child(config: RunConfig, verbose: int) -> tuple[list, Path, float]:
         kind, payload = receiver.recv()
     except EOFError:
         child.join()
-        raise TfsftError(f"The trial's training process died (exit code {child.exitcode}), e.g. killed for "
-                         f"memory. Lower training.batch_size or text.max_length and run the search again.") from None
+        raise TfsftError(
+            f"The trial's training process died (exit code {child.exitcode}), e.g. killed for "
+            f"memory. Lower training.batch_size or text.max_length and run the search again."
+        ) from None
     child.join()
     if kind == "ok":
         history, run_dir, peak = payload
@@ -337,7 +265,7 @@ def _fatal(exc: TfsftError):
     """Keras Tuner keeps going after ordinary errors; a user mistake that every trial would repeat stops it."""
     kt = _keras_tuner()
 
-    class FatalTfsftError(type(exc), kt.errors.FatalError):
+    class FatalTfsftError(type(exc), kt.errors.FatalError):  # type: ignore[misc,name-defined]  # exc's own class
         pass
 
     fatal = FatalTfsftError(str(exc))
@@ -345,146 +273,17 @@ def _fatal(exc: TfsftError):
     return fatal
 
 
-# ----------------------------------------------------------------------------------------- TensorBoard
-def _hparam_domains(tune: TuneConfig) -> list:
-    from tensorboard.plugins.hparams import api as hparams_api
-
-    out = []
-    for name, parameter in tune.space.items():
-        if parameter.type == "choice":
-            values = parameter.values if len({type(v) for v in parameter.values}) == 1 \
-                else [str(v) for v in parameter.values]
-            out.append(hparams_api.HParam(name, hparams_api.Discrete(values)))
-        elif parameter.type == "int":
-            out.append(hparams_api.HParam(name, hparams_api.IntInterval(int(parameter.min), int(parameter.max))))
-        else:
-            out.append(hparams_api.HParam(name, hparams_api.RealInterval(float(parameter.min), float(parameter.max))))
-    return out
-
-
-def write_hparams_config(paths: SearchPaths, tune: TuneConfig) -> None:
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hparams_api
-
-    with tf.summary.create_file_writer(str(paths.hparams)).as_default():
-        hparams_api.hparams_config(hparams=_hparam_domains(tune),
-                                   metrics=[hparams_api.Metric(tune.objective, display_name=tune.objective)])
-
-
-def write_hparams(paths: SearchPaths, tune: TuneConfig, trial_id: str, overrides: dict, score: float) -> None:
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hparams_api
-
-    mixed = {n for n, p in tune.space.items() if p.type == "choice" and len({type(v) for v in p.values}) > 1}
-    shown = {k: (str(v) if k in mixed else v) for k, v in overrides.items()}
-    with tf.summary.create_file_writer(str(paths.hparams / f"trial_{trial_id}")).as_default():
-        hparams_api.hparams(shown, trial_id=f"trial_{trial_id}")
-        tf.summary.scalar(tune.objective, score, step=0)
-
-
-# ----------------------------------------------------------------------------------------- results
-def collect_results(tuner, paths: SearchPaths, tune: TuneConfig) -> list[dict]:
-    """One row per trial the oracle knows, best first; rows carry what the trial's worker recorded."""
-    direction = tune.objective_direction()
-    rows = []
-    for trial_id, trial in sorted(tuner.oracle.trials.items()):
-        info_file = paths.trial_info / f"{trial_id}.json"
-        info = json.loads(info_file.read_text()) if info_file.exists() else {}
-        score = trial.score if trial.score is not None else info.get("objective")
-        row = {"trial_id": trial_id, "status": str(trial.status), tune.objective: score}
-        values = dict(trial.hyperparameters.values)
-        for name in tune.space:
-            row[name] = values.get(name, "")
-        row.update({"epochs": info.get("epochs", ""), "wall_s": info.get("wall_s", ""),
-                    "rss_mb": info.get("rss_mb", ""), "trial_peak_rss_mb": info.get("trial_peak_rss_mb") or "",
-                    "tuner_id": info.get("tuner_id", ""),
-                    "run_dir": ";".join(info.get("run_dirs", []))})
-        rows.append(row)
-    worst = float("inf") if direction == "min" else float("-inf")
-
-    def key(row):
-        value = row[tune.objective]
-        value = worst if value is None else value
-        return value if direction == "min" else -value
-
-    return sorted(rows, key=key)
-
-
-def write_results(rows: list[dict], paths: SearchPaths, tune: TuneConfig) -> None:
-    from tfsft.reporting import write_csv
-
-    write_csv(rows, paths.root / "results.csv")
-    columns = [c for c in rows[0] if c != "run_dir"] if rows else []
-    lines = [f"# Search results: {tune.tuner}, objective {tune.objective} ({tune.objective_direction()})", "",
-             "| rank | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for rank, row in enumerate(rows, 1):
-        cells = [_cell(row[c]) for c in columns]
-        lines.append(f"| {rank} | " + " | ".join(cells) + " |")
-    (paths.root / "results.md").write_text("\n".join(lines) + "\n")
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def best_config(base: RunConfig, rows: list[dict], tune: TuneConfig, decoders: dict) -> Optional[dict]:
-    """The base config with the best completed trial's values, minus `tune`: `tfsft.train` takes it as is."""
-    completed = [r for r in rows if r[tune.objective] is not None and "COMPLETED" in r["status"]]
-    if not completed:
-        return None
-    best = completed[0]
-    values = {name: best[name] for name in tune.space if best[name] != ""}
-    overrides = trial_overrides(values, tune, decoders)
-    fields = {"name": f"{base.name}_best"}
-    if best.get("epochs") not in ("", None):
-        fields["training.epochs"] = int(best["epochs"])
-    raw = config_for_trial(base, overrides, **fields).to_dict()
-    raw.pop("tune", None)
-    return raw
-
-
-def plot_objective(rows: list[dict], tune: TuneConfig, path: Path) -> None:
-    from tfsft.reporting import _pyplot
-
-    plt = _pyplot()
-    names = list(tune.space)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        points = [(r[name], r[tune.objective]) for r in rows if r[name] != "" and r[tune.objective] is not None]
-        parameter = tune.space[name]
-        if parameter.type == "choice":
-            labels = [str(v) for v in parameter.values]
-            xs = [labels.index(str(x)) if str(x) in labels else -1 for x, _ in points]
-            ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 6 else 0)
-        else:
-            xs = [float(x) for x, _ in points]
-            if parameter.sampling == "log":
-                ax.set_xscale("log")
-        ax.scatter(xs, [y for _, y in points], color="tab:blue")
-        ax.set_xlabel(name)
-        ax.set_ylabel(tune.objective)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{tune.objective} per trial ({tune.tuner} search)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------------------- entry
 @dataclass
 class SearchResult:
     root: Path
     rows: list[dict]
-    best_config_path: Optional[Path]
+    best_config_path: Path | None
 
 
-def run_search(base: RunConfig, name: Optional[str] = None, verbose: int = 0) -> SearchResult:
+def run_search(base: RunConfig, name: str | None = None, verbose: int = 0) -> SearchResult:
     """Run (or continue) the search of `base.tune`; on the chief or a single process, write the outputs."""
-    if base.tune is None:
-        raise ConfigError("The config has no `tune:` section. Add one (see configs/tune_quickstart.yaml) with "
-                          "`space:` listing the dotted fields to search, or pass it with a second --config.")
+    tune = search_settings(base)
     check_space_values(base)
     root = Path(base.output_dir) / "tune" / search_id(base, name)
     paths = SearchPaths(root)
@@ -492,7 +291,7 @@ def run_search(base: RunConfig, name: Optional[str] = None, verbose: int = 0) ->
     if not worker:
         root.mkdir(parents=True, exist_ok=True)
         (root / "search_config.yaml").write_text(yaml.safe_dump(base.to_dict(), sort_keys=False))
-        write_hparams_config(paths, base.tune)
+        write_hparams_config(paths, tune)
     parent = SearchParent(base, root.name)  # trials log as child runs (MLflow) / in one group (W&B)
     tuner = make_tuner(parent.trial_base(base), paths, verbose)
     log.info("Search directory: %s", root)
@@ -504,16 +303,18 @@ def run_search(base: RunConfig, name: Optional[str] = None, verbose: int = 0) ->
             raise
         failed = [t for t in tuner.oracle.trials.values() if t.message]
         last = failed[-1].message.strip().splitlines()[-1] if failed else str(exc)
-        raise TfsftError(f"The search stopped: {len(failed)} trial(s) failed in a row; the last one with: {last} "
-                         f"Each trial's run directory is under {paths.trials}. Narrow tune.space (e.g. a lower "
-                         f"learning-rate range) and run the same command again: finished trials are kept.") from None
+        raise TfsftError(
+            f"The search stopped: {len(failed)} trial(s) failed in a row; the last one with: {last} "
+            f"Each trial's run directory is under {paths.trials}. Narrow tune.space (e.g. a lower "
+            f"learning-rate range) and run the same command again: finished trials are kept."
+        ) from None
     if worker:
         return SearchResult(root, [], None)
-    rows = collect_results(tuner, paths, base.tune)
-    write_results(rows, paths, base.tune)
+    rows = collect_results(tuner, paths, tune)
+    write_results(rows, paths, tune)
     if rows:
-        plot_objective(rows, base.tune, root / "objective_vs_hparams.png")
-    best = best_config(base, rows, base.tune, tuner.hypermodel.decoders)
+        plot_objective(rows, tune, root / "objective_vs_hparams.png")
+    best = best_config(base, rows, tune, tuner.hypermodel.decoders)
     best_path = None
     if best is not None:
         best_path = root / "best_config.yaml"

@@ -1,4 +1,4 @@
-"""The local REST server speaking TF Serving's API (`python -m tfsft.serve`).
+"""The local REST server speaking TF Serving's API (`python -m tfsft.serve`, command in tfsft/cli/serve.py).
 
 - `errors`    what clients are answered on failure, and start-up errors
 - `versions`  (tfsft.versions) which folders are versions: shared with export and predict
@@ -8,13 +8,14 @@
 - `inference` one model call, TF errors turned into client answers
 - `batching`  concurrent requests merged into one model call
 - `app`       the aiohttp application: routes, error middleware, polling
-- `cli`       the command line: arguments, start-up, graceful shutdown
+
+The command line (arguments, start-up, graceful shutdown) is `tfsft.cli.serve`.
 """
 
 import importlib
 
 # Exported lazily (PEP 562), so `import tfsft.serving.codec` loads neither aiohttp nor the server.
-_EXPORTS = {"make_app": "app", "main": "cli", "InputSpec": "codec", "format_response": "codec",
+_EXPORTS = {"make_app": "app", "InputSpec": "codec", "format_response": "codec",
             "ServeConfigError": "errors", "ServingError": "errors", "RequestLimits": "limits",
             "ModelRegistry": "registry"}
 __all__ = sorted(_EXPORTS)
