@@ -184,6 +184,20 @@ def run_cli(module: str, *args: str, timeout: int = 600, cwd: Path | None = None
                           timeout=timeout, cwd=cwd or REPO, env=env)
 
 
+def saved_weights(run_dir: Path) -> dict:
+    """Every weight of a run's saved model.keras, by its path in the file (numpy arrays)."""
+    import zipfile
+
+    import h5py
+
+    weights = {}
+    with zipfile.ZipFile(run_dir / "model.keras") as archive, archive.open("model.weights.h5") as raw:
+        with h5py.File(raw, "r") as h5:
+            h5.visititems(lambda name, obj: weights.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
+                          else None)
+    return weights
+
+
 def validated(config: dict):
     from tfsft.config import validate
 

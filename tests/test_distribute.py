@@ -7,14 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, text_config, validated, write_config
+from conftest import REPO, saved_weights, text_config, validated, write_config
 
 # Runs in a fresh interpreter: logical devices must be configured before TensorFlow initialises.
 DRIVER = r"""
@@ -27,16 +25,6 @@ if devices > 1:
 from tfsft.train import main
 sys.exit(main(["--config", sys.argv[1], *sys.argv[3:]]))
 """
-
-
-def model_weights(run_dir: Path) -> dict[str, np.ndarray]:
-    """Every weight of the saved model.keras, by its path in the file."""
-    weights = {}
-    with zipfile.ZipFile(run_dir / "model.keras") as archive, archive.open("model.weights.h5") as raw:
-        with h5py.File(raw, "r") as h5:
-            h5.visititems(lambda name, obj: weights.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
-                          else None)
-    return weights
 
 
 def train_in_subprocess(tmp_path: Path, raw: dict, devices: int = 1, env: dict | None = None,
@@ -75,7 +63,7 @@ def distributed_config(text_data, tmp_path, name, epochs=2, **overrides):
 
 
 def assert_same_training(reference: Path, other: Path):
-    ref_w, other_w = model_weights(reference), model_weights(other)
+    ref_w, other_w = saved_weights(reference), saved_weights(other)
     assert ref_w.keys() == other_w.keys()
     moved = 0
     for name, value in ref_w.items():
