@@ -31,6 +31,14 @@ TINY_RESNET = {"architecture": "ResNetBackbone",
                           "use_pre_activation": False}}
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with `slow` tests run first (a stable sort: the order inside each group is kept). Under pytest-xdist
+    (`--dist loadfile`, see pyproject.toml) a file stays on one worker, so starting the longest files early lets
+    the workers finish together instead of one running test_tune.py alone at the end."""
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+
 # ----------------------------------------------------------------------------------------- text data
 POSITIVE = ["great", "love", "excellent", "happy", "wonderful", "amazing", "fantastic", "good"]
 NEGATIVE = ["awful", "hate", "terrible", "sad", "horrible", "worst", "bad", "broken"]
