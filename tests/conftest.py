@@ -31,6 +31,14 @@ TINY_RESNET = {"architecture": "ResNetBackbone",
                           "use_pre_activation": False}}
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with `slow` tests run first (a stable sort: the order inside each group is kept). Under pytest-xdist
+    (`--dist loadfile`, see pyproject.toml) a file stays on one worker, so starting the longest files early lets
+    the workers finish together instead of one running test_tune.py alone at the end."""
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+
 # ----------------------------------------------------------------------------------------- text data
 POSITIVE = ["great", "love", "excellent", "happy", "wonderful", "amazing", "fantastic", "good"]
 NEGATIVE = ["awful", "hate", "terrible", "sad", "horrible", "worst", "bad", "broken"]
@@ -182,6 +190,20 @@ def run_cli(module: str, *args: str, timeout: int = 600, cwd: Path | None = None
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or REPO, env=env)
+
+
+def saved_weights(run_dir: Path) -> dict:
+    """Every weight of a run's saved model.keras, by its path in the file (numpy arrays)."""
+    import zipfile
+
+    import h5py
+
+    weights = {}
+    with zipfile.ZipFile(run_dir / "model.keras") as archive, archive.open("model.weights.h5") as raw:
+        with h5py.File(raw, "r") as h5:
+            h5.visititems(lambda name, obj: weights.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
+                          else None)
+    return weights
 
 
 def validated(config: dict):

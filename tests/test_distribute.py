@@ -7,14 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, text_config, validated, write_config
+from conftest import REPO, saved_weights, text_config, validated, write_config
 
 # Runs in a fresh interpreter: logical devices must be configured before TensorFlow initialises.
 DRIVER = r"""
@@ -27,16 +25,6 @@ if devices > 1:
 from tfsft.train import main
 sys.exit(main(["--config", sys.argv[1], *sys.argv[3:]]))
 """
-
-
-def model_weights(run_dir: Path) -> dict[str, np.ndarray]:
-    """Every weight of the saved model.keras, by its path in the file."""
-    weights = {}
-    with zipfile.ZipFile(run_dir / "model.keras") as archive, archive.open("model.weights.h5") as raw:
-        with h5py.File(raw, "r") as h5:
-            h5.visititems(lambda name, obj: weights.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
-                          else None)
-    return weights
 
 
 def train_in_subprocess(tmp_path: Path, raw: dict, devices: int = 1, env: dict | None = None,
@@ -75,7 +63,7 @@ def distributed_config(text_data, tmp_path, name, epochs=2, **overrides):
 
 
 def assert_same_training(reference: Path, other: Path):
-    ref_w, other_w = model_weights(reference), model_weights(other)
+    ref_w, other_w = saved_weights(reference), saved_weights(other)
     assert ref_w.keys() == other_w.keys()
     moved = 0
     for name, value in ref_w.items():
@@ -93,18 +81,25 @@ def assert_same_training(reference: Path, other: Path):
     assert other_m["test"]["accuracy"] == pytest.approx(ref_m["test"]["accuracy"], abs=1e-6)
 
 
+@pytest.fixture(scope="module")
+def single_device_run(tmp_path_factory, text_data) -> Path:
+    """The one-device reference run (2 epochs, fresh process) that every multi-replica test compares against:
+    it is the same config for all of them, so it is trained once."""
+    tmp_path = tmp_path_factory.mktemp("single_device")
+    finish(train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "single",
+                                                            distribute={"strategy": "default"}), tag="single"))
+    return only_run(tmp_path / "runs", "single")
+
+
 @pytest.mark.slow
-def test_mirrored_on_two_cpus_matches_one_device(tmp_path, text_data):
+def test_mirrored_on_two_cpus_matches_one_device(tmp_path, text_data, single_device_run):
     out = tmp_path / "runs"
-    single = train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "single",
-                                                              distribute={"strategy": "default"}), tag="single")
-    finish(single)
     mirrored = train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "mirrored",
                                                                 distribute={"strategy": "mirrored"}),
                                    devices=2, tag="mirrored")
     log = finish(mirrored)
     assert "MirroredStrategy (2 replicas)" in log, log[-2000:]
-    assert_same_training(only_run(out, "single"), only_run(out, "mirrored"))
+    assert_same_training(single_device_run, only_run(out, "mirrored"))
 
 
 def _free_ports(n: int) -> list[int]:
@@ -118,10 +113,8 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_workers_with_tf_config_match_one_worker(tmp_path, text_data):
+def test_two_workers_with_tf_config_match_one_worker(tmp_path, text_data, single_device_run):
     out = tmp_path / "runs"
-    finish(train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "single",
-                                                            distribute={"strategy": "default"}), tag="single"))
     raw = distributed_config(text_data, tmp_path, "workers", distribute={"strategy": "multi_worker"})
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     workers = [train_in_subprocess(tmp_path, raw, env={"TF_CONFIG": json.dumps(
@@ -131,7 +124,7 @@ def test_two_workers_with_tf_config_match_one_worker(tmp_path, text_data):
     run = only_run(out, "workers")
     assert run.name.startswith("mw-") and not (run / ".workers" / "worker-1").exists()
     assert json.loads((run / "status.json").read_text())["state"] == "completed"
-    assert_same_training(only_run(out, "single"), run)
+    assert_same_training(single_device_run, run)
 
 
 def test_per_replica_batch_size_sets_the_global_batch(tmp_path, text_data):
@@ -187,13 +180,12 @@ def test_training_order_depends_on_seed_and_epoch_only():
 
 
 @pytest.mark.slow
-def test_killed_two_worker_run_resumes_with_the_same_command(tmp_path, text_data):
+def test_killed_two_worker_run_resumes_with_the_same_command(tmp_path, text_data, single_device_run):
     import time
 
     out = tmp_path / "runs"
-    finish(train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "single", epochs=3,
-                                                            distribute={"strategy": "default"}), tag="single"))
-    raw = distributed_config(text_data, tmp_path, "workers", epochs=3, distribute={"strategy": "multi_worker"})
+    # 2 epochs, like the shared one-device reference: killed after epoch 1, the resumed cluster trains epoch 2.
+    raw = distributed_config(text_data, tmp_path, "workers", epochs=2, distribute={"strategy": "multi_worker"})
 
     def start_workers():
         cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
@@ -218,7 +210,7 @@ def test_killed_two_worker_run_resumes_with_the_same_command(tmp_path, text_data
     assert "Resuming" in logs[0], logs[0][-2000:]
     assert only_run(out, "workers") == run
     assert json.loads((run / "status.json").read_text())["state"] == "completed"
-    assert_same_training(only_run(out, "single"), run)
+    assert_same_training(single_device_run, run)
 
 
 def test_global_batch_smaller_than_the_replicas_is_a_clear_error(tmp_path, text_data):

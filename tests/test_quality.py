@@ -6,29 +6,18 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, keyword_texts, text_config, validated, write_config, write_csv
+from conftest import REPO, keyword_texts, saved_weights, text_config, validated, write_config, write_csv
 
 from tfsft import calibration
 from tfsft.errors import ConfigError
 from tfsft.freezing import Stage
 from tfsft.learning_rate import set_stage
 from tfsft.trainer import fit_and_evaluate, prepare, train
-
-
-def saved_weights(run_dir: Path) -> dict:
-    weights = {}
-    with zipfile.ZipFile(run_dir / "model.keras") as archive, archive.open("model.weights.h5") as raw:
-        with h5py.File(raw, "r") as h5:
-            h5.visititems(lambda name, obj: weights.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
-                          else None)
-    return weights
 
 
 def sgd_config(text_data, tmp_path, name, lr=0.05, **overrides):
