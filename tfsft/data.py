@@ -1,6 +1,6 @@
 """Shared data plumbing: reading tables, bad-record accounting, class index, targets and splits.
 
-Modality-specific reading and tf.data pipelines live in `tfsft/tasks/`; this module only knows
+Modality-specific reading and tf.data pipelines live in `tfsft/modalities/`; this module only knows
 records (inputs + raw labels + where they came from). It does not import TensorFlow.
 """
 
@@ -10,7 +10,7 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class Records:
 
     inputs: dict[str, list]
     labels: list
-    rows: list[int]
+    rows: list  # table row numbers, or file paths inside an image folder
     source: str
 
     def __len__(self) -> int:
@@ -231,8 +231,8 @@ def _check_bad_fraction(bad: BadRecords, source: str, kept: int, limit: float) -
         )
 
 
-def load_splits(config: RunConfig, reader) -> Splits:
-    """Read train/validation/test with `reader(source_path, config, bad) -> Records` and build the class index."""
+def load_splits(config: RunConfig, reader: Callable[[str, BadRecords], Records]) -> Splits:
+    """Read train/validation/test with `reader(source_path, bad) -> Records` and build the class index."""
     data = config.data
     task_type = config.task.type
     bad = BadRecords(policy=data.on_bad_record)
@@ -246,7 +246,7 @@ def load_splits(config: RunConfig, reader) -> Splits:
                 f"data.{split} = '{location}' does not exist (resolved to '{Path(path).absolute()}'). "
                 f"Check the path; relative paths are relative to the directory you run from."
             )
-        records = reader(path, config, bad)
+        records = reader(path, bad)
         _check_bad_fraction(bad, path, len(records), data.max_bad_fraction)
         if len(records) == 0:
             raise DataError(

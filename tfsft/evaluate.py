@@ -21,9 +21,9 @@ from tfsft.runs import load_run
 def evaluate(run_dir: Path, data: str | None) -> dict:
     from tfsft.data import BadRecords, ClassIndex
     from tfsft.data import _check_bad_fraction as check_bad_fraction
-    from tfsft.evaluation import HEADLINE, evaluate_records
+    from tfsft.evaluation import evaluate_records, headline
+    from tfsft.modalities import get_modality, modality_spec
     from tfsft.paths import resolve
-    from tfsft.tasks import get_modality
 
     check_arguments(run_dir, data)
     config, class_names, model = load_run(run_dir)
@@ -33,17 +33,19 @@ def evaluate(run_dir: Path, data: str | None) -> dict:
     path = resolve(source, what="--data")
     if not Path(path).exists():
         raise DataError(f"--data '{source}' does not exist. Give a file (or image folder) in the training format.")
-    if Path(path).is_dir() and config.task.modality != "image":
-        raise DataError(f"--data '{source}' is a folder; this text run needs a CSV/TSV/JSONL file.")
-    modality = get_modality(config, run_dir)
+    spec = modality_spec(config)
+    if Path(path).is_dir() and not spec.accepts_folders:
+        raise DataError(f"--data '{source}' is a folder; this {config.task.modality} run needs "
+                        f"{spec.source_description}.")
+    modality = get_modality(config)
     bad = BadRecords(policy=config.data.on_bad_record)
-    records = modality.read(path, config, bad)
+    records = modality.read(path, bad)
     classes = ClassIndex(class_names)
     records = classes.filter_unknown(records, bad)
     check_bad_fraction(bad, path, len(records), config.data.max_bad_fraction)
     if len(records) == 0:
         raise DataError(f"No usable records in '{source}' ({len(bad.items)} bad). Check its columns and labels.")
-    modality.prepare(records)
+    modality.prepare(records, run_dir)
     out = run_dir / "evaluations" / f"{Path(path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
     bad.write(out / "bad_records.csv")
@@ -51,8 +53,7 @@ def evaluate(run_dir: Path, data: str | None) -> dict:
     metrics = evaluate_records(model, modality, records, targets, config, class_names, out, prefix="eval")
     metrics["data"] = str(path)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    headline = ", ".join(f"{k}={metrics[k]:.4f}" for k in HEADLINE[config.task.type] if metrics.get(k) is not None)
-    print(f"{len(records)} examples ({len(bad.items)} bad skipped): {headline}\nResults: {out}")
+    print(f"{len(records)} examples ({len(bad.items)} bad skipped): {headline(config, metrics)}\nResults: {out}")
     return metrics
 
 

@@ -5,31 +5,40 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfsft import reporting, step_history
 from tfsft.config import RunConfig
 from tfsft.data import Records
-from tfsft.model import activation
+from tfsft.modalities.base import Modality
+from tfsft.task_types import task_type
+
+if TYPE_CHECKING:
+    import keras
+
+    from tfsft.trainer import Prepared
 
 log = logging.getLogger(__name__)
 
-HEADLINE = {"classification": ("accuracy", "macro_f1"), "multilabel": ("subset_accuracy", "macro_f1"),
-            "regression": ("mae", "rmse")}
+
+def headline(config: RunConfig, metrics: dict) -> str:
+    """The task type's two headline metrics, as printed after training and by tfsft.evaluate."""
+    return ", ".join(f"{k}={metrics[k]:.4f}" for k in task_type(config).headline if metrics.get(k) is not None)
 
 
-def predict_logits(model, modality, records: Records, targets: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_logits(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, batch_size: int) -> np.ndarray:
     dataset = modality.dataset(records, targets, training=False, batch_size=batch_size)
     return model.predict(dataset.map(lambda x, y: x), verbose=0)
 
 
-def predict_scores(model, modality, records: Records, targets: np.ndarray, config: RunConfig,
+def predict_scores(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, config: RunConfig,
                    batch_size: int) -> np.ndarray:
-    return activation(config.task.type, predict_logits(model, modality, records, targets, batch_size))
+    return task_type(config).activation(predict_logits(model, modality, records, targets, batch_size))
 
 
-def _calibrate(p, results: dict) -> None:
+def _calibrate(p: Prepared, results: dict) -> None:
     """evaluation.calibrate: fit the temperature on validation; ECE/NLL before and after into `results`."""
     from tfsft import calibration
 
@@ -44,7 +53,7 @@ def _calibrate(p, results: dict) -> None:
           f"{fitted['validation']['nll_after']:.4f}", flush=True)
 
 
-def evaluate_records(model, modality, records: Records, targets: np.ndarray, config: RunConfig,
+def evaluate_records(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, config: RunConfig,
                      class_names: list[str], out_dir: Path, prefix: str = "test") -> dict:
     """Metrics for one split; writes `<prefix>_metrics.json`-style files into `out_dir`."""
     batch = max(config.training.batch_size, 64)
@@ -65,7 +74,7 @@ def evaluate_records(model, modality, records: Records, targets: np.ndarray, con
     return metrics
 
 
-def evaluate_run(p, history: list[dict], warnings: list[str], train_seconds: float) -> dict:
+def evaluate_run(p: Prepared, history: list[dict], warnings: list[str], train_seconds: float) -> dict:
     """Called at the end of training: test (or validation) metrics, report and plots in the run directory."""
     config, run = p.config, p.run
     run.plots.mkdir(exist_ok=True)
@@ -104,7 +113,6 @@ def evaluate_run(p, history: list[dict], warnings: list[str], train_seconds: flo
 
         report += "\n" + report_section(results["calibration"])
     (run / "report.md").write_text(report, encoding="utf-8")
-    headline = ", ".join(f"{k}={main[k]:.4f}" for k in HEADLINE[config.task.type] if main.get(k) is not None)
     which = "test" if "test" in results else "validation"
-    print(f"Evaluation on {which}: {headline}. Report: {run / 'report.md'}", flush=True)
+    print(f"Evaluation on {which}: {headline(config, main)}. Report: {run / 'report.md'}", flush=True)
     return results
