@@ -57,8 +57,11 @@ class TaskType(ABC):
     """One value of `task.type`. Instances are stateless; look them up with `task_type(config)`."""
 
     name: str
-    # True when each example has exactly one class (softmax over classes, class weights, class folders).
+    # True when each example has exactly one class (softmax over classes, class weights, class folders,
+    # stratified splits).
     single_label: bool = False
+    # False when there are no classes: one target column, no classes.json entries (regression).
+    has_classes: bool = True
     # The metrics `metrics()` compiles, in order (history.json logs them; config checks monitor names against them).
     metric_names: tuple[str, ...]
     # The two evaluation metrics printed after a run and by `tfsft.evaluate`.
@@ -66,6 +69,11 @@ class TaskType(ABC):
     # The SavedModel output holding `activate(logits)`; the ONNX model's one output (it holds the raw outputs).
     score_output: str
     onnx_output: str = "logits"
+
+    # ------------------------------------------------------------------------------------- data
+    @abstractmethod
+    def parse_label(self, raw: object, separator: str) -> Any:
+        """A raw label from a table cell -> the record's label; None when it is empty or invalid."""
 
     # ------------------------------------------------------------------------------------- training
     @abstractmethod
@@ -129,6 +137,10 @@ class Classification(TaskType):
     metric_names = ("accuracy", "macro_f1")
     headline = ("accuracy", "macro_f1")
     score_output = "probabilities"
+
+    def parse_label(self, raw: object, separator: str) -> Optional[str]:
+        text = str(raw).strip()
+        return text or None
 
     def loss(self, label_smoothing: float) -> Any:
         import keras
@@ -211,6 +223,11 @@ class Multilabel(TaskType):
     per_label_temperature = True
     reliability_axes = ("predicted probability", "observed frequency")
 
+    def parse_label(self, raw: object, separator: str) -> Optional[list[str]]:
+        parts = raw if isinstance(raw, list) else str(raw).split(separator)
+        labels = sorted({str(p).strip() for p in parts if str(p).strip()})
+        return labels or None
+
     def loss(self, label_smoothing: float) -> Any:
         import keras
 
@@ -281,6 +298,14 @@ class Regression(TaskType):
     headline = ("mae", "rmse")
     score_output = "value"
     onnx_output = "value"
+    has_classes = False
+
+    def parse_label(self, raw: object, separator: str) -> Optional[float]:
+        try:
+            value = float(raw)  # type: ignore[arg-type]  # anything float() refuses is an invalid label
+        except (TypeError, ValueError):
+            return None
+        return value if np.isfinite(value) else None
 
     def loss(self, label_smoothing: float) -> Any:
         import keras
