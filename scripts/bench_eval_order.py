@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,14 +44,14 @@ def main() -> None:
     from tfsft.model import build_model
     from tfsft.paths import resolve
     from tfsft.runtime import cpu_info, log_choices, tensorflow_build
-    from tfsft.tasks import get_modality
+    from tfsft.modalities import get_modality
 
     print(f"CPU: {cpu_info().describe()}\nTensorFlow: {tensorflow_build()}", flush=True)
     log_choices()
     config = load_config([args.config])
     modality = get_modality(config)
-    records = modality.read(resolve(args.data, what="--data"), config, BadRecords())
-    modality.prepare(records)
+    records = modality.read(resolve(args.data, what="--data"), BadRecords())
+    modality.prepare(records, Path(tempfile.mkdtemp(prefix="bench_eval_order_")))
     model = build_model(config, modality, modality.backbone(), 3)
     targets = np.zeros((len(records), 3), np.float32)
     batch = max(config.training.batch_size, 64)  # as evaluation.evaluate_records

@@ -348,14 +348,14 @@ def worker_handwritten_resnet(args, data: dict) -> dict:
 
     from tfsft.data import load_splits
     from tfsft.model import build_model
-    from tfsft.tasks import get_modality
+    from tfsft.modalities import get_modality
 
     config = resnet_config(args, Path(data["folder"]))
     keras.utils.set_random_seed(args.seed)
     modality = get_modality(config)
     splits = load_splits(config, modality.read)
     targets = splits.classes.targets(splits.train.labels, "classification")
-    modality.prepare(splits.train)
+    modality.prepare(splits.train, Path(config.output_dir))
     model = build_model(config, modality, modality.backbone(), len(splits.classes))
     model.compile(optimizer=keras.optimizers.AdamW(1e-3),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True), metrics=["accuracy"])

@@ -113,7 +113,7 @@ def test_unknown_training_labels_count_towards_max_bad_fraction(tmp_path, text_d
     train.write_text("text,label\n" + rows(20) + "".join(f"meh {i},mixed\n" for i in range(5)))
     config = validated(text_config({**text_data, "train": str(train)}, tmp_path,
                                    data={"classes": ["negative", "positive"]}))
-    from tfsft.tasks.text import TextModality
+    from tfsft.modalities.text import TextModality
 
     with pytest.raises(DataError, match=r"5 of 25 records .*'mixed'"):
         load_splits(config, TextModality(config).read)
@@ -125,7 +125,7 @@ def test_image_folder_bad_records_have_file_paths_and_clean_reasons(tmp_path, di
     (train / "digit_1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (train / "digit_2" / "readme.txt").write_text("notes")
     config = validated(image_config({**digit_data, "train": str(train)}, tmp_path))
-    from tfsft.tasks.image import ImageModality
+    from tfsft.modalities.image import ImageModality
 
     splits = load_splits(config, ImageModality(config).read)
     out = tmp_path / "bad_records.csv"

@@ -27,15 +27,15 @@ def text_model(tmp_path):
     """An untrained tiny BERT classifier (distinct logits per text) and its modality, and 50 spread texts."""
     from tfsft.data import Records
     from tfsft.model import build_model
-    from tfsft.tasks import get_modality
+    from tfsft.modalities import get_modality
 
     config = validated({"name": "x", "task": {"modality": "text", "type": "classification"},
                         "data": {"train": "unused.csv"}, "text": {"vocabulary": "learn", "max_length": 64},
                         "model": {"backbone": TINY_BERT}})
     rows = spread_texts(50, 3)
     records = Records({"text": [t for t, _ in rows]}, [label for _, label in rows], list(range(2, 52)), "inline")
-    modality = get_modality(config, tmp_path)
-    modality.prepare(records)
+    modality = get_modality(config)
+    modality.prepare(records, tmp_path)
     model = build_model(config, modality, modality.backbone(), 2)
     targets = np.eye(2, dtype=np.float32)[[int(label == "positive") for label in records.labels]]
     return model, modality, records, targets
@@ -88,11 +88,11 @@ def test_blocks_keep_the_records_of_each_run_of_batches(text_model):
 def test_images_are_evaluated_in_file_order(tmp_path, digit_data):
     from conftest import image_config
     from tfsft.data import BadRecords
-    from tfsft.tasks import get_modality
+    from tfsft.modalities import get_modality
 
     config = validated(image_config(digit_data, tmp_path))
-    modality = get_modality(config, tmp_path)
-    records = modality.read(digit_data["test"], config, BadRecords())
+    modality = get_modality(config)
+    records = modality.read(digit_data["test"], BadRecords())
     assert np.array_equal(modality.evaluation_order(records), np.arange(len(records)))
     assert np.array_equal(modality.evaluation_order(records, block=8), np.arange(len(records)))
 

@@ -96,12 +96,12 @@ def test_text_export_answers_raw_strings_like_the_keras_model(tmp_path, text_run
     # The same texts through the training-time pipeline and the Keras model.
     from tfsft.data import Records
     from tfsft.runs import load_run
-    from tfsft.tasks import get_modality
+    from tfsft.modalities import get_modality
 
     config, classes, model = load_run(text_run)
-    modality = get_modality(config, text_run)
+    modality = get_modality(config)
     records = Records({"text": texts}, ["positive"] * 3, [1, 2, 3], "inline")
-    modality.prepare(records)
+    modality.prepare(records, text_run)
     modality.use_model_inputs(model)
     batch, _ = next(iter(modality.dataset(records, np.zeros((3, 2), np.float32), False, 3)))
     expected = keras_probabilities(text_run, batch)

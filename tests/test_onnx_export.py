@@ -45,7 +45,7 @@ def test_text_onnx_answers_client_tokenized_inputs_like_keras(tmp_path, text_run
     import keras_hub
 
     from tfsft.data import Records
-    from tfsft.tasks import get_modality
+    from tfsft.modalities import get_modality
 
     target = export_onnx(text_run, tmp_path / "models", name="sentiment")
     assert target == tmp_path / "models" / "sentiment-onnx" / "1"
@@ -82,9 +82,9 @@ def test_text_onnx_answers_client_tokenized_inputs_like_keras(tmp_path, text_run
     np.testing.assert_allclose(got, np.asarray(model(feed, training=False)), atol=TOLERANCE)
 
     # ... and the same answers as the run's own (bucket-trimmed) evaluation pipeline.
-    modality = get_modality(config, text_run)
+    modality = get_modality(config)
     records = Records({"text": texts}, ["positive"] * len(texts), list(range(len(texts))), "inline")
-    modality.prepare(records)
+    modality.prepare(records, text_run)
     modality.use_model_inputs(model)
     batch, _ = next(iter(modality.dataset(records, np.zeros((len(texts), 2), np.float32), False, len(texts))))
     np.testing.assert_allclose(got, np.asarray(model(batch, training=False)), atol=TOLERANCE)

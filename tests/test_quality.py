@@ -254,7 +254,7 @@ def test_calibrated_run_reports_and_exports_calibrated_probabilities(tmp_path, t
     from tfsft.data import Records
     from tfsft.export import export_run
     from tfsft.runs import load_run
-    from tfsft.tasks import get_modality
+    from tfsft.modalities import get_modality
 
     # Every 4th validation/test label flipped: the fitted temperature moves well away from 1 (a model that is
     # always right would only be sharpened towards certainty, leaving nothing measurable to compare).
@@ -283,9 +283,9 @@ def test_calibrated_run_reports_and_exports_calibrated_probabilities(tmp_path, t
     served = json.loads(result.stdout.strip().splitlines()[-1])
 
     loaded_config, _, model = load_run(run_dir)
-    modality = get_modality(loaded_config, run_dir)
+    modality = get_modality(loaded_config)
     records = Records({"text": texts}, ["positive"] * 3, [1, 2, 3], "inline")
-    modality.prepare(records)
+    modality.prepare(records, run_dir)
     modality.use_model_inputs(model)
     batch, _ = next(iter(modality.dataset(records, np.zeros((3, 2), np.float32), False, 3)))
     logits = model.predict(batch, verbose=0).astype(np.float64)

@@ -103,7 +103,7 @@ def test_corrupt_image_skipped_is_counted(tmp_path, digit_data):
 
     from tfsft.config import validate
     from tfsft.data import load_splits
-    from tfsft.tasks import get_modality
+    from tfsft.modalities import get_modality
 
     train = tmp_path / "train"
     shutil.copytree(digit_data["train"], train)

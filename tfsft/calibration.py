@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from tfsft.model import activation
+from tfsft.task_types import task_type as task_type_named
 
 BINS = 15
 CALIBRATION_FILE = "calibration.json"
@@ -31,13 +31,7 @@ LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wide enough for any model worth 
 def nll(task_type: str, logits: np.ndarray, targets: np.ndarray, temperature=1.0) -> float:
     """Mean negative log-likelihood of the targets under logits / temperature."""
     z = np.asarray(logits, np.float64) / np.asarray(temperature, np.float64)
-    targets = np.asarray(targets, np.float64)
-    if task_type == "multilabel":
-        # log(1 + e^-|z|) + max(z, 0) - z*y: the numerically stable binary cross-entropy, averaged over labels.
-        return float(np.mean(np.logaddexp(0.0, -np.abs(z)) + np.maximum(z, 0.0) - z * targets))
-    shifted = z - z.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return float(-np.mean(np.sum(targets * log_probs, axis=-1)))
+    return task_type_named(task_type).nll(z, np.asarray(targets, np.float64))
 
 
 def _fit_one(task_type: str, logits: np.ndarray, targets: np.ndarray) -> float:
@@ -51,7 +45,7 @@ def _fit_one(task_type: str, logits: np.ndarray, targets: np.ndarray) -> float:
 def fit_temperature(task_type: str, logits: np.ndarray, targets: np.ndarray):
     """The NLL-minimising temperature: a float (classification) or one per label (multilabel, a list)."""
     logits, targets = np.asarray(logits, np.float64), np.asarray(targets, np.float64)
-    if task_type == "multilabel":
+    if task_type_named(task_type).per_label_temperature:
         return [_fit_one(task_type, logits[:, j:j + 1], targets[:, j:j + 1]) for j in range(logits.shape[1])]
     return _fit_one(task_type, logits, targets)
 
@@ -71,15 +65,13 @@ def expected_calibration_error(task_type: str, probabilities: np.ndarray, target
 
 def _confidence_and_outcome(task_type, probabilities, targets):
     probabilities, targets = np.asarray(probabilities, np.float64), np.asarray(targets, np.float64)
-    if task_type == "multilabel":
-        return probabilities.reshape(-1), targets.reshape(-1)
-    predicted = probabilities.argmax(axis=-1)
-    return probabilities.max(axis=-1), (targets.argmax(axis=-1) == predicted).astype(np.float64)
+    return task_type_named(task_type).confidence_and_outcome(probabilities, targets)
 
 
 def summarize(task_type: str, logits: np.ndarray, targets: np.ndarray, temperature) -> dict:
-    before = activation(task_type, logits)
-    after = activation(task_type, np.asarray(logits, np.float64) / np.asarray(temperature, np.float64))
+    activation = task_type_named(task_type).activation
+    before = activation(logits)
+    after = activation(np.asarray(logits, np.float64) / np.asarray(temperature, np.float64))
     return {"ece_before": expected_calibration_error(task_type, before, targets),
             "ece_after": expected_calibration_error(task_type, after, targets),
             "nll_before": nll(task_type, logits, targets), "nll_after": nll(task_type, logits, targets, temperature),
@@ -108,8 +100,8 @@ def plot_reliability(task_type: str, curves: dict, path: Path, bins: int = BINS)
         xs = [confidence[which == b].mean() for b in range(bins) if (which == b).any()]
         ys = [correct[which == b].mean() for b in range(bins) if (which == b).any()]
         ax.plot(xs, ys, marker="o", label=label)
-    ax.set_xlabel("confidence" if task_type == "classification" else "predicted probability")
-    ax.set_ylabel("accuracy" if task_type == "classification" else "observed frequency")
+    ax.set_xlabel(task_type_named(task_type).reliability_axes[0])
+    ax.set_ylabel(task_type_named(task_type).reliability_axes[1])
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(f"Reliability ({bins} bins)")
@@ -123,12 +115,13 @@ def calibrate_run(task_type: str, logits: dict, targets: dict, run_dir: Path) ->
     """Fit on `logits['validation']`, report on every split given; writes calibration.json and the plot."""
     temperature = fit_temperature(task_type, logits["validation"], targets["validation"])
     result: dict = {"method": "temperature", "temperature": temperature, "bins": BINS}
+    activation = task_type_named(task_type).activation
     curves = {}
     for split, split_logits in logits.items():
         result[split] = summarize(task_type, split_logits, targets[split], temperature)
         scaled = np.asarray(split_logits, np.float64) / np.asarray(temperature, np.float64)
-        curves[f"{split} before"] = (activation(task_type, split_logits), targets[split])
-        curves[f"{split} after (T)"] = (activation(task_type, scaled), targets[split])
+        curves[f"{split} before"] = (activation(split_logits), targets[split])
+        curves[f"{split} after (T)"] = (activation(scaled), targets[split])
     (run_dir / CALIBRATION_FILE).write_text(json.dumps({"method": "temperature", "temperature": temperature},
                                                        indent=1))
     (run_dir / "plots").mkdir(exist_ok=True)

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import difflib
 
-# The metrics `tfsft.model.metrics_for` compiles, by task type (tests/test_bad_inputs.py checks they agree).
-TASK_METRICS = {
-    "classification": ("accuracy", "macro_f1"),
-    "multilabel": ("accuracy", "auc"),
-    "regression": ("mae", "rmse"),
-}
+from tfsft.task_types import TASK_TYPES
+
+# The metrics each task type compiles (tests/test_bad_inputs_data.py checks they are the ones Keras logs).
+TASK_METRICS = {name: task.metric_names for name, task in TASK_TYPES.items()}
 
 
 def has_validation(config) -> bool:

@@ -1,6 +1,6 @@
 """Shared data plumbing: reading tables, bad-record accounting, class index, targets and splits.
 
-Modality-specific reading and tf.data pipelines live in `tfsft/tasks/`; this module only knows
+Modality-specific reading and tf.data pipelines live in `tfsft/modalities/`; this module only knows
 records (inputs + raw labels + where they came from). It does not import TensorFlow.
 """
 
@@ -10,13 +10,14 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from tfsft.config import RunConfig
 from tfsft.errors import DataError
 from tfsft.paths import resolve
+from tfsft.task_types import task_type as task_type_named
 from tfsft.tables import read_table, read_text_file, table_format  # noqa: F401  (the one table reader)
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Records:
 
     inputs: dict[str, list]
     labels: list
-    rows: list[int]
+    rows: list  # table row numbers, or file paths inside an image folder
     source: str
 
     def __len__(self) -> int:
@@ -102,18 +103,7 @@ def parse_label(raw: object, task_type: str, separator: str):
     """Raw label -> str (classification), list[str] (multilabel) or float (regression). None if empty/invalid."""
     if raw is None:
         return None
-    if task_type == "regression":
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            return None
-        return value if np.isfinite(value) else None
-    if task_type == "multilabel":
-        parts = raw if isinstance(raw, list) else str(raw).split(separator)
-        labels = sorted({str(p).strip() for p in parts if str(p).strip()})
-        return labels or None
-    text = str(raw).strip()
-    return text or None
+    return task_type_named(task_type).parse_label(raw, separator)
 
 
 def row_label(record: dict, config: RunConfig, source: str, row: int, bad: BadRecords):
@@ -133,7 +123,7 @@ class ClassIndex:
 
     @classmethod
     def from_labels(cls, labels: list, task_type: str, explicit: Optional[list[str]] = None) -> "ClassIndex":
-        if task_type == "regression":
+        if not task_type_named(task_type).has_classes:
             return cls([])
         if explicit:
             return cls(list(explicit))
@@ -146,7 +136,7 @@ class ClassIndex:
         return len(self.names)
 
     def targets(self, labels: list, task_type: str) -> np.ndarray:
-        if task_type == "regression":
+        if not task_type_named(task_type).has_classes:
             return np.asarray(labels, dtype=np.float32).reshape(-1, 1)
         index = {name: i for i, name in enumerate(self.names)}
         out = np.zeros((len(labels), len(self.names)), dtype=np.float32)
@@ -179,7 +169,7 @@ class ClassIndex:
 
 # ----------------------------------------------------------------------------------------- splits
 def _stratify_key(labels: list, task_type: str):
-    if task_type != "classification":
+    if not task_type_named(task_type).single_label:
         return None
     _, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_counts=True)
     return labels if counts.min() >= 2 else None
@@ -231,8 +221,8 @@ def _check_bad_fraction(bad: BadRecords, source: str, kept: int, limit: float) -
         )
 
 
-def load_splits(config: RunConfig, reader) -> Splits:
-    """Read train/validation/test with `reader(source_path, config, bad) -> Records` and build the class index."""
+def load_splits(config: RunConfig, reader: Callable[[str, BadRecords], Records]) -> Splits:
+    """Read train/validation/test with `reader(source_path, bad) -> Records` and build the class index."""
     data = config.data
     task_type = config.task.type
     bad = BadRecords(policy=data.on_bad_record)
@@ -246,7 +236,7 @@ def load_splits(config: RunConfig, reader) -> Splits:
                 f"data.{split} = '{location}' does not exist (resolved to '{Path(path).absolute()}'). "
                 f"Check the path; relative paths are relative to the directory you run from."
             )
-        records = reader(path, config, bad)
+        records = reader(path, bad)
         _check_bad_fraction(bad, path, len(records), data.max_bad_fraction)
         if len(records) == 0:
             raise DataError(
@@ -293,7 +283,7 @@ def _known_only(classes: ClassIndex, split: Optional[Records], bad: BadRecords, 
 
 def _require_every_class(train: Records, classes: ClassIndex, task_type: str) -> None:
     counts = classes.targets(train.labels, task_type).sum(axis=0)
-    if task_type == "classification" and len(classes) < 2:
+    if task_type_named(task_type).single_label and len(classes) < 2:
         raise DataError(
             f"Classification needs at least 2 classes, the training data has {classes.names}. "
             f"Check data.label_column, or use task.type: regression for numeric targets."

@@ -12,22 +12,28 @@ import numpy as np
 from tfsft import reporting, step_history
 from tfsft.config import RunConfig
 from tfsft.data import Records
-from tfsft.model import activation
+from tfsft.modalities.base import Modality
+from tfsft.task_types import task_type
 
 if TYPE_CHECKING:
+    import keras
     import tensorflow as tf
+
+    from tfsft.trainer import Prepared
 
 log = logging.getLogger(__name__)
 
-HEADLINE = {"classification": ("accuracy", "macro_f1"), "multilabel": ("subset_accuracy", "macro_f1"),
-            "regression": ("mae", "rmse")}
+
+def headline(config: RunConfig, metrics: dict) -> str:
+    """The task type's two headline metrics, as printed after training and by tfsft.evaluate."""
+    return ", ".join(f"{k}={metrics[k]:.4f}" for k in task_type(config).headline if metrics.get(k) is not None)
 
 
 # Private switch: False evaluates in file order (the behaviour before length-sorted evaluation); tests compare both.
 _SORTED = True
 
 
-def evaluation_dataset(modality, records: Records, targets: np.ndarray, batch_size: int,
+def evaluation_dataset(modality: Modality, records: Records, targets: np.ndarray, batch_size: int,
                        steps: Optional[int] = None) -> tuple[tf.data.Dataset, np.ndarray]:
     """`(inputs, targets)` batches of a split for a forward pass outside training, in the modality's evaluation
     order (text: by length, so each batch is padded less), and that order: position k holds record `order[k]`.
@@ -48,18 +54,19 @@ def in_record_order(outputs: np.ndarray, order: np.ndarray) -> np.ndarray:
     return outputs[np.argsort(order)]
 
 
-def predict_logits(model, modality, records: Records, targets: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_logits(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray,
+                   batch_size: int) -> np.ndarray:
     """The model's outputs for every record, in the records' order (computed in the modality's evaluation order)."""
     dataset, order = evaluation_dataset(modality, records, targets, batch_size)
     return in_record_order(model.predict(dataset.map(lambda x, y: x), verbose=0), order)
 
 
-def predict_scores(model, modality, records: Records, targets: np.ndarray, config: RunConfig,
+def predict_scores(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, config: RunConfig,
                    batch_size: int) -> np.ndarray:
-    return activation(config.task.type, predict_logits(model, modality, records, targets, batch_size))
+    return task_type(config).activation(predict_logits(model, modality, records, targets, batch_size))
 
 
-def _calibrate(p, results: dict) -> None:
+def _calibrate(p: Prepared, results: dict) -> None:
     """evaluation.calibrate: fit the temperature on validation; ECE/NLL before and after into `results`."""
     from tfsft import calibration
 
@@ -74,7 +81,7 @@ def _calibrate(p, results: dict) -> None:
           f"{fitted['validation']['nll_after']:.4f}", flush=True)
 
 
-def evaluate_records(model, modality, records: Records, targets: np.ndarray, config: RunConfig,
+def evaluate_records(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, config: RunConfig,
                      class_names: list[str], out_dir: Path, prefix: str = "test") -> dict:
     """Metrics for one split; writes `<prefix>_metrics.json`-style files into `out_dir`."""
     batch = max(config.training.batch_size, 64)
@@ -95,7 +102,7 @@ def evaluate_records(model, modality, records: Records, targets: np.ndarray, con
     return metrics
 
 
-def evaluate_run(p, history: list[dict], warnings: list[str], train_seconds: float) -> dict:
+def evaluate_run(p: Prepared, history: list[dict], warnings: list[str], train_seconds: float) -> dict:
     """Called at the end of training: test (or validation) metrics, report and plots in the run directory."""
     config, run = p.config, p.run
     run.plots.mkdir(exist_ok=True)
@@ -134,9 +141,8 @@ def evaluate_run(p, history: list[dict], warnings: list[str], train_seconds: flo
 
         report += "\n" + report_section(results["calibration"])
     (run / "report.md").write_text(report, encoding="utf-8")
-    headline = ", ".join(f"{k}={main[k]:.4f}" for k in HEADLINE[config.task.type] if main.get(k) is not None)
     which = "test" if "test" in results else "validation"
-    print(f"Evaluation on {which}: {headline}. Report: {run / 'report.md'}", flush=True)
+    print(f"Evaluation on {which}: {headline(config, main)}. Report: {run / 'report.md'}", flush=True)
     return results
 
 
@@ -151,7 +157,7 @@ def evaluate_finished_run(run_dir: Path, data: str | None) -> dict:
     from tfsft.errors import DataError
     from tfsft.paths import resolve
     from tfsft.runs import load_run
-    from tfsft.tasks import get_modality
+    from tfsft.modalities import get_modality, modality_spec
 
     config, class_names, model = load_run(run_dir)
     source = data or config.data.test
@@ -160,17 +166,19 @@ def evaluate_finished_run(run_dir: Path, data: str | None) -> dict:
     path = resolve(source, what="--data")
     if not Path(path).exists():
         raise DataError(f"--data '{source}' does not exist. Give a file (or image folder) in the training format.")
-    if Path(path).is_dir() and config.task.modality != "image":
-        raise DataError(f"--data '{source}' is a folder; this text run needs a CSV/TSV/JSONL file.")
-    modality = get_modality(config, run_dir)
+    spec = modality_spec(config)
+    if Path(path).is_dir() and not spec.accepts_folders:
+        raise DataError(f"--data '{source}' is a folder; this {config.task.modality} run needs "
+                        f"{spec.source_description}.")
+    modality = get_modality(config)
     bad = BadRecords(policy=config.data.on_bad_record)
-    records = modality.read(path, config, bad)
+    records = modality.read(path, bad)
     classes = ClassIndex(class_names)
     records = classes.filter_unknown(records, bad)
     check_bad_fraction(bad, path, len(records), config.data.max_bad_fraction)
     if len(records) == 0:
         raise DataError(f"No usable records in '{source}' ({len(bad.items)} bad). Check its columns and labels.")
-    modality.prepare(records)
+    modality.prepare(records, run_dir)
     out = run_dir / "evaluations" / f"{Path(path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
     bad.write(out / "bad_records.csv")
@@ -178,6 +186,5 @@ def evaluate_finished_run(run_dir: Path, data: str | None) -> dict:
     metrics = evaluate_records(model, modality, records, targets, config, class_names, out, prefix="eval")
     metrics["data"] = str(path)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    headline = ", ".join(f"{k}={metrics[k]:.4f}" for k in HEADLINE[config.task.type] if metrics.get(k) is not None)
-    print(f"{len(records)} examples ({len(bad.items)} bad skipped): {headline}\nResults: {out}")
+    print(f"{len(records)} examples ({len(bad.items)} bad skipped): {headline(config, metrics)}\nResults: {out}")
     return metrics

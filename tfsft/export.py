@@ -21,12 +21,20 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from tfsft.export_checks import ExportError, check_name_and_version, check_run_completed, run_state
+from tfsft.task_types import task_type
 from tfsft.versions import next_version, version_folders
+
+if TYPE_CHECKING:
+    import keras
+
+    from tfsft.config import RunConfig
+    from tfsft.data import Records, Splits
+    from tfsft.modalities.base import Modality
 
 log = logging.getLogger(__name__)
 
@@ -75,36 +83,8 @@ def write_models_config(base: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------- graph
-def _outputs(task_type: str, logits, class_names: list[str], threshold: float, separator: str) -> dict:
-    import tensorflow as tf
-
-    logits = tf.cast(logits, tf.float32)
-    if task_type == "regression":
-        return {"value": logits[:, 0]}
-    names = tf.constant(class_names)
-    if task_type == "multilabel":
-        scores = tf.sigmoid(logits)
-        predicted = scores >= threshold
-        chosen = tf.where(predicted, tf.broadcast_to(names, tf.shape(scores)), tf.constant(""))
-        joined = tf.strings.reduce_join(chosen, axis=-1, separator=separator)
-        # Collapse the separators left by unselected ("") classes.
-        joined = tf.strings.regex_replace(joined, f"(\\{separator})+", separator)
-        joined = tf.strings.regex_replace(joined, f"^\\{separator}|\\{separator}$", "")
-        return {"scores": scores, "predicted": tf.cast(predicted, tf.int32), "labels": joined}
-    probabilities = tf.nn.softmax(logits, axis=-1)
-    class_id = tf.argmax(probabilities, axis=-1)
-    k = min(TOP_K, len(class_names))
-    top_probabilities, top_ids = tf.math.top_k(probabilities, k=k)
-    return {
-        "probabilities": probabilities,
-        "class_id": class_id,
-        "class_name": tf.gather(names, class_id),
-        "top_k_class_names": tf.gather(names, top_ids),
-        "top_k_probabilities": top_probabilities,
-    }
-
-
-def build_archive(config, class_names: list[str], model, modality, temperature=None):
+def build_archive(config: RunConfig, class_names: list[str], model: keras.Model, modality: Modality,
+                  temperature: Optional[np.ndarray] = None) -> Any:
     """A Keras ExportArchive whose endpoints take raw inputs; tokenizer/image resources tracked.
 
     `temperature` (tfsft.calibration): the logits are divided by it before the softmax/sigmoid."""
@@ -121,8 +101,9 @@ def build_archive(config, class_names: list[str], model, modality, temperature=N
             logits = modality.serving_outputs(model, signature, dict(zip(names, args)))
             if temperature is not None:
                 logits = tf.cast(logits, tf.float32) / tf.constant(temperature, tf.float32)
-            return _outputs(config.task.type, logits, class_names, config.evaluation.multilabel_threshold,
-                            config.data.label_separator)
+            return task_type(config).serving_outputs(tf.cast(logits, tf.float32), class_names,
+                                                     config.evaluation.multilabel_threshold,
+                                                     config.data.label_separator, TOP_K)
         return endpoint
 
     for signature, spec in modality.serving_signatures().items():
@@ -151,20 +132,20 @@ print(json.dumps({"signatures": sorted(loaded.signatures), "strings": strings, "
 """
 
 
-def _expected_scores(config, model, modality, records, count, temperature=None):
+def _expected_scores(config: RunConfig, model: keras.Model, modality: Modality, records: Records, count: int,
+                     temperature: Optional[np.ndarray] = None) -> tuple[Records, np.ndarray]:
     """Scores of the Keras model on the training-time input pipeline (not the exported preprocessing)."""
-    from tfsft.model import activation
-
     subset = records.subset(range(min(count, len(records))))
     targets = np.zeros((len(subset), model.output_shape[-1]), np.float32)
     dataset = modality.dataset(subset, targets, training=False, batch_size=len(subset))
     logits = model.predict(dataset.map(lambda x, y: x), verbose=0)
     if temperature is not None:
         logits = np.asarray(logits, np.float32) / temperature
-    return subset, activation(config.task.type, logits)
+    return subset, task_type(config).activation(logits)
 
 
-def verify_in_fresh_process(path: Path, config, class_names, model, modality, records, temperature=None) -> dict:
+def verify_in_fresh_process(path: Path, config: RunConfig, class_names: list[str], model: keras.Model,
+                            modality: Modality, records: Records, temperature: Optional[np.ndarray] = None) -> dict:
     """Reload the SavedModel with only TF + TF Text and compare its scores with the Keras model's."""
     subset, expected = _expected_scores(config, model, modality, records, VERIFY_EXAMPLES, temperature)
     raw = modality.serving_examples(subset, len(subset))
@@ -183,13 +164,14 @@ def verify_in_fresh_process(path: Path, config, class_names, model, modality, re
     info = json.loads(result.stdout.strip().splitlines()[-1])
     if info["foreign_modules"]:
         raise ExportError(f"Loading the export pulled in {info['foreign_modules']}: it must need only TensorFlow.")
-    key = {"classification": "probabilities", "multilabel": "scores", "regression": "value"}[config.task.type]
+    task = task_type(config)
+    key = task.score_output
     got = outputs[key].reshape(expected.shape)
     difference = float(np.max(np.abs(got - expected)))
     if difference > VERIFY_TOLERANCE:
         raise ExportError(f"The exported model's {key} differ from the Keras model's by {difference:.2e} "
                           f"(> {VERIFY_TOLERANCE}) on {len(subset)} examples; nothing was exported.")
-    if config.task.type == "classification":
+    if task.single_label:
         expected_names = [class_names[i] for i in expected.argmax(axis=-1)]
         if info["strings"]["class_name"] != expected_names:
             raise ExportError("The exported model's class names differ from the Keras model's predictions.")
@@ -197,7 +179,7 @@ def verify_in_fresh_process(path: Path, config, class_names, model, modality, re
 
 
 # ----------------------------------------------------------------------------------------- assets
-def _warmup_requests(name: str, modality, records) -> bytes:
+def _warmup_requests(name: str, modality: Modality, records: Records) -> bytes:
     """TF Serving's warm-up file: a TFRecord of PredictionLog protos (read with --enable_model_warmup)."""
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -217,7 +199,7 @@ def _warmup_requests(name: str, modality, records) -> bytes:
     return data
 
 
-def _model_card(name: str, version: int, config, class_names, metrics: dict, verification: dict) -> str:
+def _model_card(name: str, version: int, config: RunConfig, class_names: list[str], metrics: dict, verification: dict) -> str:
     test = metrics.get("test") or metrics.get("validation") or {}
     backbone = config.model.backbone
     lines = [
@@ -243,17 +225,17 @@ class ExportSource:
     """A finished run opened for export: its Keras model wired to the modality, and the version to write."""
 
     run_dir: Path
-    config: object
+    config: RunConfig
     class_names: list[str]
-    model: object
-    modality: object
-    splits: object
+    model: keras.Model
+    modality: Modality
+    splits: Splits
     name: str
     model_dir: Path
     version: int
 
     @property
-    def examples(self):
+    def examples(self) -> Records:
         """Records to verify and warm up with: the test split, else validation, else train."""
         return self.splits.test or self.splits.validation or self.splits.train
 
@@ -265,8 +247,8 @@ def open_export(run_dir: str | Path, base_path: str | Path, name: Optional[str],
     A run that did not complete is refused unless `force`; so are names and versions TF Serving would not serve.
     """
     from tfsft.data import load_splits
+    from tfsft.modalities import get_modality
     from tfsft.runs import load_run
-    from tfsft.tasks import get_modality
 
     run_dir = Path(run_dir)
     check_run_completed(run_dir, force)  # all checks before the model loads, so nothing is written
@@ -282,9 +264,9 @@ def open_export(run_dir: str | Path, base_path: str | Path, name: Optional[str],
         raise ExportError(f"Version {version} of '{name}' already exists in {model_dir}; exported versions are "
                           f"never overwritten. Omit --version to take the next free one ({next_version(model_dir)}).")
     version = version or next_version(model_dir)
-    modality = get_modality(config, run_dir)
+    modality = get_modality(config)
     splits = load_splits(config, modality.read)
-    modality.prepare(splits.train)
+    modality.prepare(splits.train, run_dir)
     modality.use_model_inputs(model)
     return ExportSource(run_dir, config, class_names, model, modality, splits, name, model_dir, version)
 

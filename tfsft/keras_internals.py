@@ -18,7 +18,7 @@ Inventory (all checked against Keras 3.15):
 - Layers: `_flatten_layers` (every sublayer of a backbone, for freezing).
 - `keras.src.losses.loss.scale_loss_for_distribution` (tfsft/regularization.py, through this module).
 - Imported or patched where they are used, listed here so that the version check covers them:
-  `keras.src.utils.tracking.DotNotTrackScope` (tfsft/tasks/text.py), and
+  `keras.src.utils.tracking.DotNotTrackScope` (tfsft/modalities/text.py), and
   `keras.src.backend.tensorflow.trainer.reduce_per_replica` / `Model._maybe_symbolic_build` (the multi-worker
   patches of tfsft/distribute.py).
 """

@@ -88,13 +88,13 @@ def run_sweep(config, output: Path, start: float, end: float, steps: int) -> tup
     from tfsft.freezing import FreezePlan
     from tfsft.model import build_model, loss_for, metrics_for
     from tfsft.optim import build_optimizer
-    from tfsft.tasks import get_modality
+    from tfsft.modalities import get_modality
 
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.distribute)
-    modality = get_modality(config, run_dir=output)  # a learned vocabulary lands in the output folder
+    modality = get_modality(config)
     splits = load_splits(config, modality.read)
-    modality.prepare(splits.train)
+    modality.prepare(splits.train, output)  # a learned vocabulary lands in the output folder
     num_outputs = len(splits.classes) if splits.classes.names else 1
     targets = splits.classes.targets(splits.train.labels, config.task.type)
     batch_size = config.training.global_batch_size(strategy.num_replicas_in_sync)

@@ -16,15 +16,20 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from tfsft.export import VERIFY_EXAMPLES, ExportError, open_export, staged_version
+from tfsft.task_types import task_type
+
+if TYPE_CHECKING:
+    from tfsft.config import RunConfig
+    from tfsft.data import Records
+    from tfsft.modalities.base import Modality
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +155,7 @@ def _tensor_info(arg) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- verification
-def verification_batch(modality, records, count: int = VERIFY_EXAMPLES):
+def verification_batch(modality: Modality, records: Records, count: int = VERIFY_EXAMPLES):
     """Real examples through the run's own evaluation pipeline: exactly what the Keras model sees."""
     subset = records.subset(range(min(count, len(records))))
     targets = np.zeros((len(subset), 1), np.float32)
@@ -174,91 +179,24 @@ def max_difference(ort_session, model, batch) -> float:
 
 
 # ----------------------------------------------------------------------------------------- side files
-def _outputs_doc(config, class_names: list[str]) -> dict:
-    task = config.task.type
-    meaning = {
-        "classification": "logits, one per class in classes.json order; softmax gives probabilities",
-        "multilabel": f"logits, one per class in classes.json order; sigmoid >= "
-                      f"{config.evaluation.multilabel_threshold} marks a label",
-        "regression": "the predicted value (one column)",
-    }[task]
+def _outputs_doc(config: RunConfig, class_names: list[str]) -> dict:
+    meaning = task_type(config).onnx_output_meaning(config.evaluation.multilabel_threshold)
     return {"meaning": meaning, "classes_file": "classes.json", "num_classes": len(class_names)}
 
 
-def text_preprocessing(config, modality, folder: Path) -> dict:
-    """Tokenizer and packing a client must reproduce; writes the vocabulary file(s) into `folder`."""
-    from keras_hub.tokenizers import WordPieceTokenizer
-
-    tokenizer = modality.tokenizer
-    if isinstance(tokenizer, WordPieceTokenizer):
-        (folder / "vocab.txt").write_text("".join(f"{token}\n" for token in tokenizer.get_vocabulary()),
-                                          encoding="utf-8")
-        files = ["vocab.txt"]
-        details = {"algorithm": "wordpiece", "lowercase": tokenizer.lowercase,
-                   "strip_accents": tokenizer.strip_accents, "split_on_cjk": tokenizer.split_on_cjk,
-                   "suffix_indicator": tokenizer.suffix_indicator, "unknown_token": tokenizer.oov_token}
-    else:  # BPE / SentencePiece presets: their own asset files, described by their Keras config
-        before = set(os.listdir(folder))
-        tokenizer.save_assets(str(folder))
-        files = sorted(set(os.listdir(folder)) - before)
-        details = {"lowercase": getattr(tokenizer, "lowercase", None),
-                   "config": {k: v for k, v in tokenizer.get_config().items() if isinstance(v, (str, int, bool))}}
-    special = {role: {"token": getattr(tokenizer, f"{role}_token"), "id": int(getattr(tokenizer, f"{role}_token_id"))}
-               for role in ("start", "end", "pad") if getattr(tokenizer, f"{role}_token", None) is not None}
-    columns = [config.data.text_column] + ([config.data.text_pair_column] if config.data.text_pair_column else [])
-    return {
-        "tokenizer": {"kind": type(tokenizer).__name__, "vocabulary_files": files, **details,
-                      "reference": f"keras_hub.models.{type(tokenizer).__name__} with these settings"},
-        "max_length": config.text.max_length,
-        "special_tokens": special,
-        "text_fields": columns,
-        "packing": {
-            "layout": "start + text + end" + (" + text_pair + end" if len(columns) > 1 else ""),
-            "truncate": "round_robin: the max_length budget left after start/end tokens goes one token at a time to "
-                        "each segment in turn (text first); each segment keeps its first tokens",
-            "token_ids": "pad with the pad id at the end; every row of a batch the same length, at most max_length "
-                         "(max_length always works; the trailing padding does not change the outputs)",
-            "segment_ids": "0 for start, text and its end token (and padding); 1 for text_pair and its end token",
-            "padding_mask": "1 for real tokens (including start/end), 0 for padding",
-            "reference": "keras_hub.layers.MultiSegmentPacker(sequence_length=max_length, start_value=start id, "
-                         "end_value=end id, pad_value=pad id, truncate='round_robin')",
-        },
-    }
-
-
-def image_preprocessing(config, modality) -> dict:
-    height, width = modality.size
-    return {
-        "size": [height, width],
-        "channels": modality.channels,
-        "color": "RGB" if modality.channels == 3 else "grayscale",
-        "layout": "NHWC: [batch, height, width, channels]",
-        "dtype": "float32",
-        "value_range": [0, 255],
-        "steps": [
-            f"decode the image (JPEG/PNG/BMP/GIF) to {modality.channels} channel(s) of uint8",
-            f"resize to {height}x{width} (bilinear with antialiasing, tf.image.resize(..., antialias=True))",
-            "round to whole numbers, clip to 0..255, cast to float32",
-        ],
-        "normalization": f"'{modality.normalization()}' is applied inside the model: do not normalize",
-        "reference": "tfsft.tasks.image.decode_and_resize",
-    }
-
-
-def preprocessing_doc(config, modality, ort_session, folder: Path) -> dict:
-    text = config.task.modality == "text"
+def preprocessing_doc(config: RunConfig, modality: Modality, ort_session, folder: Path) -> dict:
     return {
         "format": "onnx",
         "modality": config.task.modality,
         "preprocessing_inside_model": False,
-        **(text_preprocessing(config, modality, folder) if text else image_preprocessing(config, modality)),
+        **modality.onnx_preprocessing(folder),
         "inputs": [_tensor_info(arg) for arg in ort_session.get_inputs()],
         "outputs": [_tensor_info(arg) for arg in ort_session.get_outputs()],
     }
 
 
-def write_side_files(folder: Path, run_dir: Path, config, class_names: list[str], modality, ort_session,
-                     export_info: dict) -> None:
+def write_side_files(folder: Path, run_dir: Path, config: RunConfig, class_names: list[str], modality: Modality,
+                     ort_session, export_info: dict) -> None:
     """What a client needs beside model.onnx: preprocessing.json (+ vocabulary), classes, config, export record."""
     preprocessing = preprocessing_doc(config, modality, ort_session, folder)
     preprocessing["outputs"][0].update(_outputs_doc(config, class_names))
@@ -300,8 +238,7 @@ def export_onnx(run_dir: str | Path, base_path: str | Path = "saved_models", nam
     with staged_version(source.model_dir, version) as staging:
         model(batch, training=False)  # Keras exports only a model that has been called
         convert(model, staging / MODEL_FILE)
-        dynamic_axes = {0: "batch", 1: "sequence"} if config.task.modality == "text" else {0: "batch"}
-        name_tensors(staging / MODEL_FILE, "value" if config.task.type == "regression" else "logits", dynamic_axes)
+        name_tensors(staging / MODEL_FILE, task_type(config).onnx_output, modality.onnx_dynamic_axes())
         ort_session = session(staging / MODEL_FILE)
         difference = max_difference(ort_session, model, batch)
         examples = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
@@ -319,6 +256,6 @@ def export_onnx(run_dir: str | Path, base_path: str | Path = "saved_models", nam
     log.info("Exported %s version %d -> %s (max |ONNX - Keras| %.1e on %d examples)", name, version,
              target / MODEL_FILE, difference, examples)
     log.warning("Preprocessing is NOT inside the ONNX model: clients must %s as described in %s.",
-                "tokenize and pack texts" if config.task.modality == "text" else "decode and resize images",
+                modality.onnx_client_steps,
                 target / "preprocessing.json")
     return target

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from tfsft.errors import ConfigError, DataError
+from tfsft.modalities import modality_spec
 from tfsft.paths import resolve
 
 
@@ -71,9 +72,9 @@ def check_resume(resume: str) -> None:
 def check_run_inputs(config, resume: str = "auto") -> None:
     """Raise the first problem with the locations `config` names (data, weights, vocabulary, output folders)."""
     check_resume(resume)
-    image = config.task.modality == "image"
+    spec = modality_spec(config)
     for split in ("train", "validation", "test"):
-        _check_source(getattr(config.data, split), f"data.{split}", folder_ok=image)
+        _check_source(getattr(config.data, split), f"data.{split}", folder_ok=spec.accepts_folders)
     problem = writable_folder_problem(config.output_dir, "output_dir")
     if problem:
         raise ConfigError(problem)
@@ -81,7 +82,7 @@ def check_run_inputs(config, resume: str = "auto") -> None:
         problem = writable_folder_problem(config.export.base_path, "export.base_path")
         if problem:
             raise ConfigError(problem)
-    if config.text.vocabulary and config.text.vocabulary != "learn" and config.task.modality == "text":
+    if config.text.vocabulary and config.text.vocabulary != "learn" and spec.reads_vocabulary:
         _check_file(config.text.vocabulary, "text.vocabulary", "a vocab.txt (one WordPiece token per line) or 'learn'")
     weights = config.model.backbone.weights
     if weights and weights not in ("none", "imagenet"):

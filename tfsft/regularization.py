@@ -20,6 +20,7 @@ Keras scales the compiled loss, so a MirroredStrategy run takes the same steps a
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
@@ -27,6 +28,9 @@ from keras import ops
 
 from tfsft.config import PretrainedAnchorConfig
 from tfsft.keras_internals import scale_loss_for_distribution
+
+if TYPE_CHECKING:
+    from tfsft.modalities.base import Modality
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ HEAD_INPUT_LAYERS = ("head_hidden_0", "head_dropout", "head_logits")  # the firs
 class PretrainedAnchor:
     """The anchor of one run: reference weights or a frozen feature extractor, the penalty, and its metric."""
 
-    def __init__(self, cfg: PretrainedAnchorConfig, model: keras.Model, backbone: keras.Model, modality):
+    def __init__(self, cfg: PretrainedAnchorConfig, model: keras.Model, backbone: keras.Model, modality: Modality):
         self.cfg = cfg
         self.model = model
         self.backbone = backbone
@@ -124,7 +128,7 @@ class AnchorLogger(keras.callbacks.Callback):
             logs["loss_anchor"] = float(self.tracker.result())
 
 
-def _feature_models(model: keras.Model, backbone: keras.Model, modality):
+def _feature_models(model: keras.Model, backbone: keras.Model, modality: Modality):
     """(fine-tuned pooled features, frozen pretrained copy's pooled features), both from the model's inputs."""
     head_input = next(model.get_layer(name).input for name in HEAD_INPUT_LAYERS
                       if any(layer.name == name for layer in model.layers))
@@ -138,7 +142,7 @@ def _feature_models(model: keras.Model, backbone: keras.Model, modality):
     return tuned, frozen
 
 
-def build_anchor(cfg: PretrainedAnchorConfig, model: keras.Model, backbone: keras.Model, modality,
+def build_anchor(cfg: PretrainedAnchorConfig, model: keras.Model, backbone: keras.Model, modality: Modality,
                  optimizer) -> PretrainedAnchor | None:
     """Call inside the strategy scope, after the backbone is built and before any checkpoint is restored."""
     if cfg.kind == "none":

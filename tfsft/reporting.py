@@ -1,113 +1,38 @@
 """Metrics, error analysis, plots and the Markdown report. No TensorFlow: arrays in, files out.
 
-Metrics come from scikit-learn (the reference implementations); plots from matplotlib's Agg backend,
+What each task type reports (its metrics, per-example loss, worst-example columns) lives in
+`tfsft.task_types`; this module applies it to splits. Metrics come from scikit-learn (the reference
+implementations); plots from matplotlib's Agg backend,
 imported only when a plot is drawn so that importing this module stays cheap and headless-safe.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-EPS = 1e-7
-TASK_TYPES = ("classification", "multilabel", "regression")
-
-
-def _f(value) -> Optional[float]:
-    # NaN/inf are not valid JSON; None is, and reads as "undefined" in metrics.json and the report.
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+from tfsft.task_types import task_type as task_type_named
 
 
 # ----------------------------------------------------------------------------------------- metrics
 def compute_metrics(task_type: str, y_true: np.ndarray, scores: np.ndarray, class_names: list[str],
                     threshold: float = 0.5) -> dict:
     """JSON-serializable metrics. `scores` are probabilities (classification, multilabel) or values."""
-    if task_type not in TASK_TYPES:
-        raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
-    y_true, scores = np.asarray(y_true, dtype=np.float64), np.asarray(scores, dtype=np.float64)
-    if task_type == "classification":
-        return _classification(y_true, scores, class_names)
-    if task_type == "multilabel":
-        return _multilabel(y_true, scores, class_names, threshold)
-    return _regression(y_true.reshape(-1), scores.reshape(-1))
-
-
-def _per_class(names, precision, recall, f1, support) -> dict:
-    return {name: {"precision": _f(p), "recall": _f(r), "f1": _f(f), "support": int(s)}
-            for name, p, r, f, s in zip(names, precision, recall, f1, support)}
-
-
-def _classification(y_true, probs, names) -> dict:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
-
-    # Explicit labels keep every class in the tables even when a small test split lacks some of them.
-    labels = list(range(len(names)))
-    true, pred = y_true.argmax(axis=-1), probs.argmax(axis=-1)
-    out = {"num_examples": int(len(true)), "class_names": list(names), "accuracy": _f(np.mean(true == pred))}
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(true, pred, labels=labels, average=average, zero_division=0)
-        out.update({f"{average}_precision": _f(p), f"{average}_recall": _f(r), f"{average}_f1": _f(f)})
-    out["per_class"] = _per_class(names, *precision_recall_fscore_support(true, pred, labels=labels,
-                                                                          zero_division=0))
-    out["confusion_matrix"] = confusion_matrix(true, pred, labels=labels).tolist()
-    # Cross entropy against the full target row, so soft (MixUp-style) targets are scored correctly too.
-    out["log_loss"] = _f(-np.mean(np.sum(y_true * np.log(np.clip(probs, EPS, 1.0)), axis=-1)))
-    if len(names) > 2:  # with two classes top-2 accuracy is trivially 1
-        out["top_2_accuracy"] = _f(top_k_accuracy_score(true, probs, k=2, labels=labels))
-    return out
-
-
-def _multilabel(y_true, scores, names, threshold) -> dict:
-    from sklearn.metrics import hamming_loss, precision_recall_fscore_support, roc_auc_score
-
-    truth, pred = y_true >= 0.5, scores >= threshold
-    out = {"num_examples": int(len(truth)), "class_names": list(names), "threshold": float(threshold),
-           "subset_accuracy": _f(np.mean(np.all(truth == pred, axis=1))),
-           "hamming_loss": _f(hamming_loss(truth, pred))}
-    for average in ("micro", "macro"):
-        p, r, f, _ = precision_recall_fscore_support(truth, pred, average=average, zero_division=0)
-        out.update({f"{average}_precision": _f(p), f"{average}_recall": _f(r), f"{average}_f1": _f(f)})
-    out["per_class"] = _per_class(names, *precision_recall_fscore_support(truth, pred, zero_division=0))
-    # AUC is undefined for a label that is all-positive or all-negative in this split; skip, don't fail.
-    scorable = [i for i in range(truth.shape[1]) if 0 < truth[:, i].sum() < len(truth)]
-    out["macro_auc"] = _f(np.mean([roc_auc_score(truth[:, i], scores[:, i]) for i in scorable])) if scorable else None
-    return out
-
-
-def _regression(y_true, y_pred) -> dict:
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
-    mse = mean_squared_error(y_true, y_pred)
-    constant = np.std(y_true) == 0 or np.std(y_pred) == 0  # correlation is undefined, not zero
-    return {"num_examples": int(len(y_true)), "mae": _f(mean_absolute_error(y_true, y_pred)), "mse": _f(mse),
-            "rmse": _f(math.sqrt(mse)), "r2": _f(r2_score(y_true, y_pred)) if len(y_true) > 1 else None,
-            "pearson": None if constant else _f(np.corrcoef(y_true, y_pred)[0, 1])}
+    task = task_type_named(task_type)
+    return task.report_metrics(np.asarray(y_true, dtype=np.float64), np.asarray(scores, dtype=np.float64),
+                               class_names, threshold)
 
 
 # ----------------------------------------------------------------------------------------- error analysis
 def example_losses(task_type: str, y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    y_true, scores = np.asarray(y_true, np.float64), np.asarray(scores, np.float64)
-    if task_type == "classification":
-        return -np.sum(y_true * np.log(np.clip(scores, EPS, 1.0)), axis=-1)
-    if task_type == "multilabel":
-        p = np.clip(scores, EPS, 1 - EPS)
-        return -np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p), axis=-1)
-    return np.abs(y_true.reshape(-1) - scores.reshape(-1))
-
-
-def _names(row: np.ndarray, names: list[str], threshold: float = 0.5) -> str:
-    return "|".join(name for name, value in zip(names, row) if value >= threshold)
+    return task_type_named(task_type).example_losses(np.asarray(y_true, np.float64), np.asarray(scores, np.float64))
 
 
 def worst_examples(task_type: str, y_true, scores, class_names: list[str], describe: list[dict], k: int) -> list[dict]:
     """The k examples with the highest loss, worst first: what the model gets most confidently wrong."""
+    task = task_type_named(task_type)
     y_true, scores = np.asarray(y_true), np.asarray(scores)
     losses = example_losses(task_type, y_true, scores)
     rows = []
@@ -115,14 +40,7 @@ def worst_examples(task_type: str, y_true, scores, class_names: list[str], descr
     for index in np.argsort(-losses, kind="stable")[:k]:
         index = int(index)
         row = {**describe[index], "index": index}
-        if task_type == "classification":
-            predicted = int(scores[index].argmax())
-            row.update(true=class_names[int(y_true[index].argmax())], predicted=class_names[predicted],
-                       confidence=round(float(scores[index][predicted]), 6))
-        elif task_type == "multilabel":
-            row.update(true=_names(y_true[index], class_names), predicted=_names(scores[index], class_names))
-        else:
-            row.update(true=float(y_true[index].reshape(-1)[0]), predicted=float(scores[index].reshape(-1)[0]))
+        row.update(task.example_columns(y_true[index], scores[index], class_names))
         row["loss"] = round(float(losses[index]), 6)
         rows.append(row)
     return rows

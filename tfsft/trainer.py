@@ -27,6 +27,8 @@ from tfsft.distribute import (distribute_global_batches, drop_batches_smaller_th
 from tfsft.errors import ConfigError, TfsftError, TrainingAborted
 from tfsft.evaluation import evaluate_run, evaluation_dataset
 from tfsft.freezing import FreezePlan, FreezingCallback
+from tfsft.modalities import get_modality
+from tfsft.modalities.base import Modality
 from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
 from tfsft.learning_rate import build_schedule
 from tfsft.optim import build_optimizer
@@ -35,7 +37,6 @@ from tfsft.rundir import RunDir, open_run_dir
 from tfsft.runtime import log_choices
 from tfsft.step_logging import monitoring_callbacks
 from tfsft.tracking import Trackers, start_trackers
-from tfsft.tasks import get_modality
 
 log = logging.getLogger(__name__)
 # Keras warns that `shuffle` is ignored for tf.data input; our pipelines shuffle themselves.
@@ -56,7 +57,7 @@ class Prepared:
     config: RunConfig
     run: RunDir
     splits: Splits
-    modality: object
+    modality: Modality
     strategy: tf.distribute.Strategy
     model: keras.Model
     backbone: keras.Model
@@ -97,8 +98,8 @@ def prepare(config: RunConfig, resume: str = "auto") -> Prepared:
         raise
 
 
-def _build(config, run, splits, modality, strategy) -> Prepared:
-    modality.run_dir = run.path
+def _build(config: RunConfig, run: RunDir, splits: Splits, modality: Modality,
+           strategy: tf.distribute.Strategy) -> Prepared:
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     run.set_status("running", resumed=run.resumed)
     (run / "classes.json").write_text(json.dumps(splits.classes.names, indent=1))
@@ -108,7 +109,7 @@ def _build(config, run, splits, modality, strategy) -> Prepared:
         print(f"{len(splits.bad.items)} bad records skipped; see {run / 'bad_records.csv'}", flush=True)
 
     precision = set_precision(config.distribute)
-    modality.prepare(splits.train)
+    modality.prepare(splits.train, run.path)
     num_outputs = len(splits.classes) if splits.classes.names else 1
     targets = {name: splits.classes.targets(getattr(splits, name).labels, config.task.type)
                for name in ("train", "validation", "test") if getattr(splits, name) is not None}

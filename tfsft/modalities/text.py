@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import keras
 import numpy as np
@@ -12,10 +13,10 @@ import tensorflow as tf
 
 from tfsft.backbones import from_preset_or_explain, load_backbone
 from tfsft.config import RunConfig
-from tfsft.data import BadRecords, Records, read_table, require_columns, row_label, table_format
+from tfsft.data import BadRecords, Records, table_format
 from tfsft.errors import DataError
 from tfsft.layers import SequencePooling
-from tfsft.tasks import shuffled_epochs
+from tfsft.modalities.base import Modality, SignatureSpecs, shuffled_epochs, table_records
 from tfsft.paths import resolve
 
 log = logging.getLogger(__name__)
@@ -25,59 +26,48 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SERVING_CHUNK = 16  # texts per model call inside a serving request (see TextModality.serving_outputs)
 
 
-class TextModality:
-    def __init__(self, config: RunConfig, run_dir: Optional[Path] = None):
-        self.config = config
-        self.run_dir = Path(run_dir) if run_dir else None
-        self.tokenizer = None
-        self.packer = None
+class TextModality(Modality):
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        self.tokenizer: Any = None
+        self.packer: Any = None
         self.input_names: list[str] = ["token_ids", "segment_ids", "padding_mask"]
 
     # ------------------------------------------------------------------------------------- reading
-    def read(self, path: str, config: RunConfig, bad: BadRecords) -> Records:
-        data = config.data
-        fmt = table_format(path, data.format)
-        if fmt == "image_folder":
+    def read(self, path: str, bad: BadRecords) -> Records:
+        data = self.config.data
+        if table_format(path, data.format) == "image_folder":
             raise DataError("data.format image_folder is for images; text needs csv, tsv or jsonl.")
-        columns, rows = read_table(path, fmt, data.encoding, bad, data.quoting)
         needed = {"data.text_column": data.text_column, "data.label_column": data.label_column}
+        columns = ["text"]
         if data.text_pair_column:
             needed["data.text_pair_column"] = data.text_pair_column
-        require_columns(path, columns, needed)
+            columns.append("text_pair")
 
-        texts, pairs, labels, numbers = [], [], [], []
-        for number, record in rows:
+        def inputs_of(number: int, record: dict) -> Optional[dict[str, str]]:
             text = record.get(data.text_column)
             if text is None or not str(text).strip():
                 bad.add(path, number, f"empty or missing text in column '{data.text_column}'")
-                continue
+                return None
             pair = None
             if data.text_pair_column:
                 pair = record.get(data.text_pair_column)
                 if pair is None or not str(pair).strip():
                     bad.add(path, number, f"empty or missing text in column '{data.text_pair_column}'")
-                    continue
-            label = row_label(record, config, path, number, bad)
-            if label is None:
-                continue
-            texts.append(str(text).strip())
-            pairs.append(str(pair).strip() if pair is not None else "")
-            labels.append(label)
-            numbers.append(number)
-        inputs = {"text": texts}
-        if data.text_pair_column:
-            inputs["text_pair"] = pairs
-        return Records(inputs=inputs, labels=labels, rows=numbers, source=path)
+                    return None
+            return {"text": str(text).strip(), "text_pair": str(pair).strip() if pair is not None else ""}
 
-    def describe(self, records: Records, index: int) -> dict:
+        return table_records(path, self.config, bad, needed, columns, inputs_of)
+
+    def describe(self, records: Records, index: int) -> dict[str, Any]:
         out = {"text": records.inputs["text"][index]}
         if "text_pair" in records.inputs:
             out["text_pair"] = records.inputs["text_pair"][index]
         return out
 
     # ------------------------------------------------------------------------------------- tokenizer
-    def prepare(self, train: Records) -> None:
-        """Load (or learn) the tokenizer and build the packer. Must run before `dataset`/`build_features`."""
+    def prepare(self, train: Records, run_dir: Path) -> None:
+        """Load (or learn into `run_dir`) the tokenizer and build the packer."""
         import keras_hub
 
         from keras.src.utils.tracking import DotNotTrackScope  # private; checked against Keras 3.15
@@ -90,7 +80,7 @@ class TextModality:
             if spec.preset:
                 self.tokenizer = from_preset_or_explain(keras_hub.models.Tokenizer.from_preset, spec, "tokenizer")
             else:
-                vocabulary = self._vocabulary(train)
+                vocabulary = self._vocabulary(train, run_dir)
                 self.tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary,
                                                                 lowercase=self.config.text.lowercase)
         self.packer = keras_hub.layers.MultiSegmentPacker(
@@ -101,7 +91,7 @@ class TextModality:
             truncate="round_robin",
         )
 
-    def _vocabulary(self, train: Records) -> str:
+    def _vocabulary(self, train: Records, run_dir: Path) -> str:
         text_cfg = self.config.text
         if not text_cfg.vocabulary:
             raise DataError(
@@ -115,7 +105,7 @@ class TextModality:
             return path
         import keras_hub
 
-        target = (self.run_dir or Path(".")) / "vocab.txt"
+        target = Path(run_dir) / "vocab.txt"
         if not target.exists():
             texts = train.inputs["text"] + [t for t in train.inputs.get("text_pair", []) if t]
             keras_hub.tokenizers.compute_word_piece_vocabulary(
@@ -198,14 +188,14 @@ class TextModality:
         return ds.map(self._trim, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
     # ------------------------------------------------------------------------------------- serving
-    def serving_signatures(self) -> dict:
+    def serving_signatures(self) -> SignatureSpecs:
         """Signature name -> {input name: TensorSpec} of raw inputs a client sends."""
         spec = {"text": tf.TensorSpec([None], tf.string, name="text")}
         if self.config.data.text_pair_column:
             spec["text_pair"] = tf.TensorSpec([None], tf.string, name="text_pair")
         return {"serving_default": spec}
 
-    def serving_outputs(self, model: keras.Model, signature: str, inputs: dict):
+    def serving_outputs(self, model: keras.Model, signature: str, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
         """The model's outputs on a request, computed on length-sorted chunks, in the request's order.
 
         A request pads every text to its longest one: among 64 tweets of 10-60 tokens, most of the model's work
@@ -229,13 +219,60 @@ class TextModality:
                                    (tf.constant(0), outputs))
         return tf.gather(outputs.concat(), tf.math.invert_permutation(order))
 
-    def serving_resources(self) -> list:
+    def serving_resources(self) -> list[Any]:
         """Layers holding TF resources (vocabulary tables) the exported graph needs; built before tracking."""
         self.tokenize({name: tf.constant(["warm up"]) for name in self.serving_signatures()["serving_default"]})
         return [self.tokenizer, self.packer]
 
-    def serving_examples(self, records: Records, count: int) -> dict:
+    def serving_examples(self, records: Records, count: int) -> dict[str, list]:
         return {name: [str(v) for v in values[:count]] for name, values in records.inputs.items()}
+
+    # ------------------------------------------------------------------------------------- ONNX export
+    onnx_client_steps = "tokenize and pack texts"
+
+    def onnx_dynamic_axes(self) -> dict[int, str]:
+        return {0: "batch", 1: "sequence"}
+
+    def onnx_preprocessing(self, folder: Path) -> dict[str, Any]:
+        """Tokenizer and packing a client must reproduce; writes the vocabulary file(s) into `folder`."""
+        from keras_hub.tokenizers import WordPieceTokenizer
+
+        config, tokenizer = self.config, self.tokenizer
+        if isinstance(tokenizer, WordPieceTokenizer):
+            (folder / "vocab.txt").write_text("".join(f"{token}\n" for token in tokenizer.get_vocabulary()),
+                                              encoding="utf-8")
+            files = ["vocab.txt"]
+            details = {"algorithm": "wordpiece", "lowercase": tokenizer.lowercase,
+                       "strip_accents": tokenizer.strip_accents, "split_on_cjk": tokenizer.split_on_cjk,
+                       "suffix_indicator": tokenizer.suffix_indicator, "unknown_token": tokenizer.oov_token}
+        else:  # BPE / SentencePiece presets: their own asset files, described by their Keras config
+            before = set(os.listdir(folder))
+            tokenizer.save_assets(str(folder))
+            files = sorted(set(os.listdir(folder)) - before)
+            details = {"lowercase": getattr(tokenizer, "lowercase", None),
+                       "config": {k: v for k, v in tokenizer.get_config().items() if isinstance(v, (str, int, bool))}}
+        special = {role: {"token": getattr(tokenizer, f"{role}_token"),
+                          "id": int(getattr(tokenizer, f"{role}_token_id"))}
+                   for role in ("start", "end", "pad") if getattr(tokenizer, f"{role}_token", None) is not None}
+        columns = [config.data.text_column] + ([config.data.text_pair_column] if config.data.text_pair_column else [])
+        return {
+            "tokenizer": {"kind": type(tokenizer).__name__, "vocabulary_files": files, **details,
+                          "reference": f"keras_hub.models.{type(tokenizer).__name__} with these settings"},
+            "max_length": config.text.max_length,
+            "special_tokens": special,
+            "text_fields": columns,
+            "packing": {
+                "layout": "start + text + end" + (" + text_pair + end" if len(columns) > 1 else ""),
+                "truncate": "round_robin: the max_length budget left after start/end tokens goes one token at a time "
+                            "to each segment in turn (text first); each segment keeps its first tokens",
+                "token_ids": "pad with the pad id at the end; every row of a batch the same length, at most "
+                             "max_length (max_length always works; the trailing padding does not change the outputs)",
+                "segment_ids": "0 for start, text and its end token (and padding); 1 for text_pair and its end token",
+                "padding_mask": "1 for real tokens (including start/end), 0 for padding",
+                "reference": "keras_hub.layers.MultiSegmentPacker(sequence_length=max_length, start_value=start id, "
+                             "end_value=end id, pad_value=pad id, truncate='round_robin')",
+            },
+        }
 
     # ------------------------------------------------------------------------------------- model
     def use_model_inputs(self, model: keras.Model) -> None:
@@ -247,15 +284,15 @@ class TextModality:
         self.use_model_inputs(backbone)
         return backbone
 
-    def model_inputs(self) -> dict:
+    def model_inputs(self) -> dict[str, Any]:
         return {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in self.input_names}
 
-    def unused_backbone_layers(self, backbone: keras.Model) -> tuple:
+    def unused_backbone_layers(self, backbone: keras.Model) -> tuple[str, ...]:
         if self.config.model.head.pooling != "pooled" and any(l.name == "pooled_dense" for l in backbone.layers):
             return ("pooled_dense",)
         return ()
 
-    def features(self, backbone: keras.Model, inputs: dict):
+    def features(self, backbone: keras.Model, inputs: Any) -> Any:
         outputs = backbone({k: inputs[k] for k in self.input_names})
         pooling = self.config.model.head.pooling
         if pooling in ("auto", "avg"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import keras
 import numpy as np
@@ -13,15 +13,16 @@ import tensorflow as tf
 
 from tfsft.backbones import KERAS_APPLICATIONS_NORMALIZATION, load_backbone
 from tfsft.config import RunConfig
-from tfsft.data import BadRecords, Records, read_table, require_columns, row_label, table_format
+from tfsft.data import BadRecords, Records
 from tfsft.errors import DataError, clean_tf_message
 from tfsft.layers import ImageNormalization
-from tfsft.tasks import shuffled_epochs
+from tfsft.modalities.base import Modality, SignatureSpecs, shuffled_epochs, table_records
+from tfsft.modalities.predict_inputs import IMAGE_EXTENSIONS
+from tfsft.task_types import task_type
 
 log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 # Cache decoded images in memory only while they fit comfortably.
 CACHE_LIMIT_BYTES = 4 * 1024**3
 
@@ -36,25 +37,24 @@ def decode_and_resize(encoded: tf.Tensor, size, channels: int) -> tf.Tensor:
     return tf.round(tf.clip_by_value(image, 0.0, 255.0))
 
 
-class ImageModality:
-    def __init__(self, config: RunConfig, run_dir: Optional[Path] = None):
-        self.config = config
-        self.run_dir = run_dir
+class ImageModality(Modality):
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
         self.size = tuple(config.image.size)
         self.channels = config.image.channels
 
     # ------------------------------------------------------------------------------------- reading
-    def read(self, path: str, config: RunConfig, bad: BadRecords) -> Records:
+    def read(self, path: str, bad: BadRecords) -> Records:
         if Path(path).is_dir():
             records = self._read_folder(path, bad)
         else:
-            records = self._read_csv(path, config, bad)
-        if config.image.verify and len(records):
+            records = self._read_csv(path, bad)
+        if self.config.image.verify and len(records):
             records = self._drop_unreadable(records, bad)
         return records
 
     def _read_folder(self, root: str, bad: BadRecords) -> Records:
-        if self.config.task.type != "classification":
+        if not task_type(self.config).single_label:
             raise DataError(
                 f"'{root}' is a folder of class folders, which only holds single labels; for "
                 f"task.type {self.config.task.type} give a CSV with data.path_column and data.label_column."
@@ -88,29 +88,23 @@ class ImageModality:
             )
         return Records(inputs={"path": paths}, labels=labels, rows=rows, source=root)
 
-    def _read_csv(self, path: str, config: RunConfig, bad: BadRecords) -> Records:
-        data = config.data
-        fmt = table_format(path, data.format)
-        columns, rows = read_table(path, fmt, data.encoding, bad, data.quoting)
-        require_columns(path, columns, {"data.path_column": data.path_column, "data.label_column": data.label_column})
+    def _read_csv(self, path: str, bad: BadRecords) -> Records:
+        data = self.config.data
         base = Path(path).parent
-        paths, labels, numbers = [], [], []
-        for number, record in rows:
+
+        def inputs_of(number: int, record: dict) -> Optional[dict[str, str]]:
             raw_path = str(record.get(data.path_column) or "").strip()
             if not raw_path:
                 bad.add(path, number, f"empty image path in column '{data.path_column}'")
-                continue
+                return None
             file = Path(raw_path) if Path(raw_path).is_absolute() else base / raw_path
             if not file.is_file():
                 bad.add(path, number, "image file does not exist", str(file))
-                continue
-            label = row_label(record, config, path, number, bad)
-            if label is None:
-                continue
-            paths.append(str(file))
-            labels.append(label)
-            numbers.append(number)
-        return Records(inputs={"path": paths}, labels=labels, rows=numbers, source=path)
+                return None
+            return {"path": str(file)}
+
+        needed = {"data.path_column": data.path_column, "data.label_column": data.label_column}
+        return table_records(path, self.config, bad, needed, ["path"], inputs_of)
 
     def _drop_unreadable(self, records: Records, bad: BadRecords) -> Records:
         def check(file: str) -> Optional[str]:
@@ -132,11 +126,11 @@ class ImageModality:
                         records.inputs["path"][i])
         return records.subset(keep)
 
-    def describe(self, records: Records, index: int) -> dict:
+    def describe(self, records: Records, index: int) -> dict[str, Any]:
         return {"path": records.inputs["path"][index]}
 
-    def prepare(self, train: Records) -> None:
-        pass
+    def prepare(self, train: Records, run_dir: Path) -> None:
+        pass  # nothing is learned from the data: pixels go straight in
 
     # ------------------------------------------------------------------------------------- tf.data
     def evaluation_order(self, records: Records, block: Optional[int] = None) -> np.ndarray:
@@ -148,7 +142,7 @@ class ImageModality:
         # uint8 keeps the in-memory cache 4x smaller; the pixels are already whole numbers in 0..255.
         return tf.cast(pixels, tf.uint8), target
 
-    def augmenter(self):
+    def augmenter(self) -> tuple[list, list]:
         aug = self.config.image.augment
         layers = []
         if aug.crop_padding:
@@ -195,52 +189,76 @@ class ImageModality:
         return mixed["images"], mixed["labels"]
 
     # ------------------------------------------------------------------------------------- serving
-    def serving_signatures(self) -> dict:
+    def serving_signatures(self) -> SignatureSpecs:
         h, w = self.size
         return {
             "serving_default": {"image_bytes": tf.TensorSpec([None], tf.string, name="image_bytes")},
             "serving_pixels": {"pixels": tf.TensorSpec([None, h, w, self.channels], tf.float32, name="pixels")},
         }
 
-    def serving_outputs(self, model: keras.Model, signature: str, inputs: dict):
+    def serving_outputs(self, model: keras.Model, signature: str, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
         return model(self.serving_features(signature, inputs), training=False)
 
-    def serving_features(self, signature: str, inputs: dict):
+    def serving_features(self, signature: str, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
         if signature == "serving_pixels":
             return inputs["pixels"]
         spec = tf.TensorSpec([*self.size, self.channels], tf.float32)
         return tf.map_fn(lambda encoded: decode_and_resize(encoded, self.size, self.channels),
                          inputs["image_bytes"], fn_output_signature=spec)
 
-    def serving_resources(self) -> list:
+    def serving_resources(self) -> list[Any]:
         return []
 
-    def serving_examples(self, records: Records, count: int) -> dict:
+    def serving_examples(self, records: Records, count: int) -> dict[str, list]:
         return {"image_bytes": [Path(p).read_bytes() for p in records.inputs["path"][:count]]}
 
-    def use_model_inputs(self, model: keras.Model) -> None:
-        pass
+    # ------------------------------------------------------------------------------------- ONNX export
+    onnx_client_steps = "decode and resize images"
+
+    def onnx_dynamic_axes(self) -> dict[int, str]:
+        return {0: "batch"}
+
+    def onnx_preprocessing(self, folder: Path) -> dict[str, Any]:
+        height, width = self.size
+        return {
+            "size": [height, width],
+            "channels": self.channels,
+            "color": "RGB" if self.channels == 3 else "grayscale",
+            "layout": "NHWC: [batch, height, width, channels]",
+            "dtype": "float32",
+            "value_range": [0, 255],
+            "steps": [
+                f"decode the image (JPEG/PNG/BMP/GIF) to {self.channels} channel(s) of uint8",
+                f"resize to {height}x{width} (bilinear with antialiasing, tf.image.resize(..., antialias=True))",
+                "round to whole numbers, clip to 0..255, cast to float32",
+            ],
+            "normalization": f"'{self.normalization()}' is applied inside the model: do not normalize",
+            "reference": "tfsft.modalities.image.decode_and_resize",
+        }
 
     # ------------------------------------------------------------------------------------- model
+    def use_model_inputs(self, model: keras.Model) -> None:
+        pass  # one image input, whatever the model calls it
+
     def normalization(self) -> str:
         mode = self.config.image.normalization
         if mode != "auto":
             return mode
         spec = self.config.model.backbone
-        if spec.source == "keras_applications":
+        if spec.source == "keras_applications" and spec.name:  # config validation requires the name there
             return KERAS_APPLICATIONS_NORMALIZATION[spec.name]
         return "torch" if spec.preset else "unit"
 
     def backbone(self) -> keras.Model:
         return load_backbone(self.config.model.backbone, image_shape=(*self.size, self.channels))
 
-    def model_inputs(self):
+    def model_inputs(self) -> Any:
         return keras.Input(shape=(*self.size, self.channels), dtype="float32", name="image")
 
-    def unused_backbone_layers(self, backbone: keras.Model) -> tuple:
+    def unused_backbone_layers(self, backbone: keras.Model) -> tuple[str, ...]:
         return ()
 
-    def features(self, backbone: keras.Model, inputs):
+    def features(self, backbone: keras.Model, inputs: Any) -> Any:
         x = ImageNormalization(self.normalization(), name="normalization")(inputs)
         x = backbone(x)
         if isinstance(x, dict):

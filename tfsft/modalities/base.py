@@ -1,0 +1,166 @@
+"""The `Modality` contract: everything the trainer, evaluation, export, ONNX export and predict ask of a modality.
+
+A modality turns its raw sources (tables of texts, folders of images, ...) into `Records`, `Records` into a
+`tf.data` pipeline of `(model_inputs, targets)`, and a backbone into pooled features; it also says what an
+exported model takes from a client (raw inputs per signature) and what an ONNX client must do itself. Nothing
+outside `tfsft.modalities` branches on which modality a run uses: it calls these methods.
+
+To add a modality: subclass `Modality`, implement every abstract method (instantiating a subclass that misses
+one raises TypeError), register it in `tfsft.modalities.MODALITIES` and add its name to `task.modality` in
+config.py.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsft.config import RunConfig
+from tfsft.data import BadRecords, Records, read_table, require_columns, row_label, table_format
+
+# Raw inputs of one exported signature: input name -> spec of what a client sends (a batch of them).
+SignatureSpecs = dict[str, dict[str, tf.TensorSpec]]
+
+
+class Modality(ABC):
+    """One kind of input. Built from the run's config; every method reads its settings from `self.config`."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+
+    # ------------------------------------------------------------------------------------- reading
+    @abstractmethod
+    def read(self, path: str, bad: BadRecords) -> Records:
+        """The usable records of one source (a file, or a folder where its `ModalitySpec.accepts_folders`).
+
+        A record that cannot be used (missing input, bad label, unreadable file) goes to `bad` with its row and
+        reason, and is left out; a source that cannot be read at all raises DataError.
+        """
+
+    @abstractmethod
+    def describe(self, records: Records, index: int) -> dict[str, Any]:
+        """The raw inputs of record `index` as a reader would recognise it (columns of worst_examples.csv)."""
+
+    @abstractmethod
+    def prepare(self, train: Records, run_dir: Path) -> None:
+        """Load or learn what turning inputs into tensors needs (e.g. a tokenizer), before `dataset`/`backbone`.
+
+        Files it learns (a vocabulary) are written into `run_dir`, and read back from there when the run's own
+        directory is given again (evaluate, export).
+        """
+
+    # ------------------------------------------------------------------------------------- tf.data
+    @abstractmethod
+    def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
+        """Batches of `(model inputs, targets)`; `targets[i]` belongs to record i.
+
+        training=True: an endless stream, reshuffled every epoch from `config.seed`, with augmentation.
+        training=False: every record once, in record order, without augmentation (predictions line up).
+        """
+
+    @abstractmethod
+    def evaluation_order(self, records: Records, block: Optional[int] = None) -> np.ndarray:
+        """The order to run forward passes outside training in (a permutation of `range(len(records))`).
+
+        Evaluation and validation batches follow it, and outputs are put back in record order
+        (`evaluation.in_record_order`): text sorts by token length so each batch is padded less; a modality whose
+        examples all cost the same returns file order. With `block`, records are reordered only within each run
+        of `block` records (a capped validation reads the same records as in file order).
+        """
+
+    # ------------------------------------------------------------------------------------- model
+    @abstractmethod
+    def backbone(self) -> keras.Model:
+        """The pretrained (or freshly built) backbone named by `config.model.backbone`; after `prepare`."""
+
+    @abstractmethod
+    def use_model_inputs(self, model: keras.Model) -> None:
+        """Align what `dataset` yields with the inputs of a model loaded from disk (a run's model.keras)."""
+
+    @abstractmethod
+    def model_inputs(self) -> Any:
+        """Fresh `keras.Input`s (one tensor or a dict of them) matching what `dataset` yields."""
+
+    @abstractmethod
+    def features(self, backbone: keras.Model, inputs: Any) -> Any:
+        """Pooled features `[batch, width]` of `inputs` through `backbone`; the head is built on top."""
+
+    @abstractmethod
+    def unused_backbone_layers(self, backbone: keras.Model) -> tuple[str, ...]:
+        """Names of backbone layers `features` does not use: kept frozen (they would receive no gradient)."""
+
+    # ------------------------------------------------------------------------------------- SavedModel export
+    @abstractmethod
+    def serving_signatures(self) -> SignatureSpecs:
+        """Signature name -> the raw inputs a client sends to it; 'serving_default' must be one of them."""
+
+    @abstractmethod
+    def serving_outputs(self, model: keras.Model, signature: str, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The model's outputs (logits or values, one row per input) for one request of raw `inputs`, in graph."""
+
+    @abstractmethod
+    def serving_resources(self) -> list[Any]:
+        """Objects holding TF resources (e.g. vocabulary tables) the exported graph must track."""
+
+    @abstractmethod
+    def serving_examples(self, records: Records, count: int) -> dict[str, list]:
+        """The first `count` records as a client would send them to 'serving_default' (raw strings or bytes)."""
+
+    # ------------------------------------------------------------------------------------- ONNX export
+    @abstractmethod
+    def onnx_dynamic_axes(self) -> dict[int, str]:
+        """Axis index -> name of the ONNX inputs' axes whose length varies between calls ({0: 'batch', ...})."""
+
+    @abstractmethod
+    def onnx_preprocessing(self, folder: Path) -> dict[str, Any]:
+        """What an ONNX client must do to raw inputs itself (preprocessing.json); may write files into `folder`."""
+
+    @property
+    @abstractmethod
+    def onnx_client_steps(self) -> str:
+        """That preprocessing in a few words, completing 'clients must ...' ('tokenize and pack texts')."""
+
+
+def table_records(path: str, config: RunConfig, bad: BadRecords, needed: dict[str, str], columns: list[str],
+                  inputs_of: Callable[[int, dict], Optional[dict[str, Any]]]) -> Records:
+    """The records of a CSV/TSV/JSONL table: `inputs_of(row number, row)` -> the row's inputs by column.
+
+    `needed` maps config keys to the table columns that must exist. A row `inputs_of` rejects (it returns None
+    after `bad.add`) or whose label is missing or invalid is left out, counted in `bad`.
+    """
+    data = config.data
+    header, rows = read_table(path, table_format(path, data.format), data.encoding, bad, data.quoting)
+    require_columns(path, header, needed)
+    inputs: dict[str, list] = {name: [] for name in columns}
+    labels, numbers = [], []
+    for number, row in rows:
+        values = inputs_of(number, row)
+        if values is None:
+            continue
+        label = row_label(row, config, path, number, bad)
+        if label is None:
+            continue
+        for name in columns:
+            inputs[name].append(values[name])
+        labels.append(label)
+        numbers.append(number)
+    return Records(inputs=inputs, labels=labels, rows=numbers, source=path)
+
+
+def shuffled_epochs(dataset: tf.data.Dataset, buffer_size: int, seed: int) -> tf.data.Dataset:
+    """An endless stream of `dataset`, reshuffled every epoch with the seed `seed + epoch`.
+
+    The order is a pure function of (seed, epoch): it does not depend on how many iterators were opened on the
+    dataset before (tf.data's `reshuffle_each_iteration` does), so a resumed run, a run on several replicas and a
+    one-device run all see the same examples in the same order.
+    """
+
+    def one_epoch(epoch):
+        return dataset.shuffle(buffer_size, seed=tf.cast(epoch, tf.int64) + seed, reshuffle_each_iteration=False)
+
+    return tf.data.Dataset.range(2**62).flat_map(one_epoch)
