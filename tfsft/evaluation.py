@@ -61,18 +61,22 @@ def predict_logits(model: keras.Model, modality: Modality, records: Records, tar
     return in_record_order(model.predict(dataset.map(lambda x, y: x), verbose=0), order)
 
 
+def eval_batch_size(config: RunConfig) -> int:
+    """Batch size of forward passes outside training: no gradients or optimizer state, so at least 64."""
+    return max(config.training.batch_size, 64)
+
+
 def predict_scores(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, config: RunConfig,
                    batch_size: int) -> np.ndarray:
     return task_type(config).activation(predict_logits(model, modality, records, targets, batch_size))
 
 
-def _calibrate(p: Prepared, results: dict) -> None:
-    """evaluation.calibrate: fit the temperature on validation; ECE/NLL before and after into `results`."""
+def _calibrate(p: Prepared, results: dict, logits: dict[str, np.ndarray]) -> None:
+    """evaluation.calibrate: fit the temperature on validation; ECE/NLL before and after into `results`.
+    `logits`: each held-out split's outputs, already computed for its metrics (one forward pass per split)."""
     from tfsft import calibration
 
-    batch = max(p.config.training.batch_size, 64)
-    splits = [s for s in ("validation", "test") if getattr(p.splits, s) is not None]
-    logits = {s: predict_logits(p.model, p.modality, getattr(p.splits, s), p.targets[s], batch) for s in splits}
+    splits = [s for s in ("validation", "test") if s in logits]
     results["calibration"] = calibration.calibrate_run(p.config.task.type, logits,
                                                        {s: p.targets[s] for s in splits}, p.run.path)
     fitted = results["calibration"]
@@ -82,10 +86,13 @@ def _calibrate(p: Prepared, results: dict) -> None:
 
 
 def evaluate_records(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, config: RunConfig,
-                     class_names: list[str], out_dir: Path, prefix: str = "test") -> dict:
-    """Metrics for one split; writes `<prefix>_metrics.json`-style files into `out_dir`."""
-    batch = max(config.training.batch_size, 64)
-    scores = predict_scores(model, modality, records, targets, config, batch)
+                     class_names: list[str], out_dir: Path, prefix: str = "test",
+                     logits: Optional[np.ndarray] = None) -> dict:
+    """Metrics for one split; writes `<prefix>_metrics.json`-style files into `out_dir`. `logits`: the model's
+    outputs on `records` when the caller already has them (else computed here)."""
+    if logits is None:
+        logits = predict_logits(model, modality, records, targets, eval_batch_size(config))
+    scores = task_type(config).activation(logits)
     metrics = reporting.compute_metrics(config.task.type, targets, scores, class_names,
                                         threshold=config.evaluation.multilabel_threshold)
     if config.evaluation.worst_examples:
@@ -113,14 +120,16 @@ def evaluate_run(p: Prepared, history: list[dict], warnings: list[str], train_se
     elif history:
         reporting.plot_history(history, run.plots / "history.png")
     results: dict = {"train_seconds": round(train_seconds, 1), "epochs_run": len(history)}
+    logits: dict[str, np.ndarray] = {}
     for split in ("test", "validation"):
         records = getattr(p.splits, split)
         if records is None:
             continue
+        logits[split] = predict_logits(p.model, p.modality, records, p.targets[split], eval_batch_size(config))
         results[split] = evaluate_records(p.model, p.modality, records, p.targets[split], config,
-                                          p.splits.classes.names, run.path, prefix=split)
+                                          p.splits.classes.names, run.path, prefix=split, logits=logits[split])
     if config.evaluation.calibrate == "temperature":
-        _calibrate(p, results)
+        _calibrate(p, results, logits)
     (run / "metrics.json").write_text(json.dumps(results, indent=1))
     main = results.get("test") or results.get("validation") or {}
     plots = [str(path.relative_to(run.path)) for path in sorted(run.plots.glob("*.png"))]
