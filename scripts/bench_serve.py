@@ -10,8 +10,9 @@ throughput of
                 aiohttp's) POSTing `{"instances": ["..."]}` to the local server
     (once without and once with `--batching`),
 with the ratios endpoint / in-process; then, at concurrency 1, a paired run where in-process calls and endpoint
-requests alternate, so both see the same moment of the machine (its drift cancels out of that ratio). Client and server share this machine's cores, so the endpoint figures
-include the client's own cost. Nothing is asserted: the numbers are printed for a human (and the closing note).
+requests alternate, so both see the same moment of the machine (its drift cancels out of that ratio). Client and
+server share this machine's cores, so the endpoint figures include the client's own cost. Nothing is asserted: the
+numbers are printed for a human (and the closing note).
 """
 
 from __future__ import annotations
@@ -46,14 +47,35 @@ def load_texts() -> list[str]:
 def build_demo_export(workdir: Path) -> Path:
     """A short MiniLM fine-tune of the quickstart, exported: the same graph a real sentiment model has."""
     runs = workdir / "runs"
-    command = [sys.executable, "-m", "tfsft.train", "--config", str(REPO / "configs" / "quickstart.yaml"),
-               "--set", f"output_dir={runs}", "--set", "name=bench_serve", "--set", "training.epochs=1",
-               "--set", "training.steps_per_epoch=20", "--set", "training.validation_steps=2",
-               "--set", "export.enabled=true", "--set", f"export.base_path={workdir / 'saved_models'}",
-               "--set", "export.name=sentiment", "--resume", "never"]
+    command = [
+        sys.executable,
+        "-m",
+        "tfsft.train",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--set",
+        f"output_dir={runs}",
+        "--set",
+        "name=bench_serve",
+        "--set",
+        "training.epochs=1",
+        "--set",
+        "training.steps_per_epoch=20",
+        "--set",
+        "training.validation_steps=2",
+        "--set",
+        "export.enabled=true",
+        "--set",
+        f"export.base_path={workdir / 'saved_models'}",
+        "--set",
+        "export.name=sentiment",
+        "--resume",
+        "never",
+    ]
     print("building a demo export:", " ".join(command[2:]), flush=True)
-    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    subprocess.run(
+        command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    )
     return workdir / "saved_models" / "sentiment"
 
 
@@ -66,8 +88,13 @@ def latest_version(model_dir: Path) -> Path:
 
 def summarize(latencies_s: list[float], wall_s: float, errors: int) -> dict:
     ms = np.asarray(latencies_s) * 1000.0
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "throughput": len(ms) / wall_s, "errors": errors, "requests": len(ms) + errors}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "throughput": len(ms) / wall_s,
+        "errors": errors,
+        "requests": len(ms) + errors,
+    }
 
 
 # ----------------------------------------------------------------------------------------- in-process
@@ -111,8 +138,9 @@ def start_server(base_path: Path, port: int, batching: bool, log_path: Path) -> 
         command += ["--batching", "--max-batch-size", "32", "--batch-timeout-ms", "2"]
     # The server logs every request: a file, not an unread pipe, which would fill and stall it.
     with log_path.open("wb") as log:
-        return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        return subprocess.Popen(
+            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        )
 
 
 async def wait_available(url: str, server: subprocess.Popen, log_path: Path, timeout_s: float = 180.0) -> None:
@@ -166,8 +194,7 @@ async def bench_endpoint(url: str, texts: list[str], concurrency: int, requests:
     return summarize(latencies, wall, errors)
 
 
-def bench_endpoint_sockets(host: str, port: int, path: str, texts: list[str], concurrency: int,
-                           requests: int) -> dict:
+def bench_endpoint_sockets(host: str, port: int, path: str, texts: list[str], concurrency: int, requests: int) -> dict:
     """N threads, each a keep-alive HTTP/1.1 connection over a plain socket: a client that costs microseconds,
     so the figure is the endpoint's cost rather than the benchmark client's (aiohttp's client costs ~0.5 ms of
     CPU per request on these cores; `--client aiohttp` uses it instead)."""
@@ -188,8 +215,10 @@ def bench_endpoint_sockets(host: str, port: int, path: str, texts: list[str], co
                 if index is None:
                     break
                 body = json.dumps({"instances": [texts[index % len(texts)]]}).encode()
-                request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+                request = (
+                    f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
                 start = time.perf_counter()
                 sock.sendall(request)
                 status = reader.readline().split()
@@ -234,8 +263,13 @@ def bench_paired(signature, host: str, port: int, path: str, texts: list[str], r
             direct.append(time.perf_counter() - start)
             body = json.dumps({"instances": [text]}).encode()
             start = time.perf_counter()
-            sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+            sock.sendall(
+                (
+                    f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body
+            )
             reader.readline()
             length = 0
             while (line := reader.readline()) not in (b"\r\n", b""):
@@ -257,10 +291,14 @@ async def worker_warmup(session, url: str, texts: list[str]) -> None:
 def row(label: str, concurrency: int, stats: dict, reference: dict | None) -> str:
     ratio = ""
     if reference:
-        ratio = (f"  p50 x{stats['p50_ms'] / reference['p50_ms']:.2f}  "
-                 f"throughput x{stats['throughput'] / reference['throughput']:.2f}")
-    return (f"{label:<20} {concurrency:>4} {stats['requests']:>8} {stats['p50_ms']:>9.2f} {stats['p99_ms']:>9.2f} "
-            f"{stats['throughput']:>10.1f} {stats['errors']:>7}{ratio}")
+        ratio = (
+            f"  p50 x{stats['p50_ms'] / reference['p50_ms']:.2f}  "
+            f"throughput x{stats['throughput'] / reference['throughput']:.2f}"
+        )
+    return (
+        f"{label:<20} {concurrency:>4} {stats['requests']:>8} {stats['p50_ms']:>9.2f} {stats['p99_ms']:>9.2f} "
+        f"{stats['throughput']:>10.1f} {stats['errors']:>7}{ratio}"
+    )
 
 
 def main() -> None:
@@ -270,8 +308,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000, help="requests at the highest concurrency")
     parser.add_argument("--requests-low", type=int, default=1_000, help="requests at the other concurrencies")
     parser.add_argument("--no-batching-run", action="store_true", help="skip the endpoint run with --batching")
-    parser.add_argument("--client", choices=("sockets", "aiohttp"), default="sockets",
-                        help="HTTP client: keep-alive sockets in threads (default, lightest) or aiohttp")
+    parser.add_argument(
+        "--client",
+        choices=("sockets", "aiohttp"),
+        default="sockets",
+        help="HTTP client: keep-alive sockets in threads (default, lightest) or aiohttp",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -304,16 +346,22 @@ def main() -> None:
         try:
             asyncio.run(wait_available(base_url, server, log_path))
             if label == "endpoint":
-                paired = bench_paired(signature, "127.0.0.1", port, f"/v1/models/{model_dir.name}:predict", texts,
-                                      args.requests_low)
+                paired = bench_paired(
+                    signature, "127.0.0.1", port, f"/v1/models/{model_dir.name}:predict", texts, args.requests_low
+                )
                 print(f"paired c=1: {paired}", flush=True)
             for concurrency in args.concurrency:
                 if args.client == "aiohttp":
-                    stats = asyncio.run(bench_endpoint(base_url + ":predict", texts, concurrency,
-                                                       count(concurrency)))
+                    stats = asyncio.run(bench_endpoint(base_url + ":predict", texts, concurrency, count(concurrency)))
                 else:
-                    stats = bench_endpoint_sockets("127.0.0.1", port, f"/v1/models/{model_dir.name}:predict",
-                                                   texts, concurrency, count(concurrency))
+                    stats = bench_endpoint_sockets(
+                        "127.0.0.1",
+                        port,
+                        f"/v1/models/{model_dir.name}:predict",
+                        texts,
+                        concurrency,
+                        count(concurrency),
+                    )
                 results[label, concurrency] = stats
                 print(f"{label} c={concurrency}: {stats}", flush=True)
         finally:
@@ -324,8 +372,10 @@ def main() -> None:
 
     print(f"\nCPU: {cpu_info().describe()}; {tensorflow_build()}")
     print(f"model: {version}  ({os.cpu_count()} CPUs; client and server share them)")
-    print(f"{'':<20} {'conc':>4} {'requests':>8} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>10} {'errors':>7}  "
-          "ratio vs in-process")
+    print(
+        f"{'':<20} {'conc':>4} {'requests':>8} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>10} {'errors':>7}  "
+        "ratio vs in-process"
+    )
     for concurrency in args.concurrency:
         reference = results["in-process", concurrency]
         print(row("in-process", concurrency, reference, None))
@@ -337,10 +387,14 @@ def main() -> None:
     errors = sum(results[label, top]["errors"] for label, _ in modes)
     print(f"\np50 overhead of the endpoint at concurrency {one}: {overhead * 100:+.1f} %  (target <= +10 %)")
     paired_overhead = paired["endpoint_p50_ms"] / paired["in_process_p50_ms"] - 1
-    print(f"p50 overhead, paired (in-process and endpoint calls alternating, {args.requests_low} each): "
-          f"{paired['in_process_p50_ms']:.2f} ms vs {paired['endpoint_p50_ms']:.2f} ms = {paired_overhead * 100:+.1f} %")
-    print(f"errors at concurrency {top}: {errors} over {sum(results[label, top]['requests'] for label, _ in modes)} "
-          f"requests (target 0)")
+    print(
+        f"p50 overhead, paired (in-process and endpoint calls alternating, {args.requests_low} each): "
+        f"{paired['in_process_p50_ms']:.2f} ms vs {paired['endpoint_p50_ms']:.2f} ms = {paired_overhead * 100:+.1f} %"
+    )
+    print(
+        f"errors at concurrency {top}: {errors} over {sum(results[label, top]['requests'] for label, _ in modes)} "
+        f"requests (target 0)"
+    )
 
 
 if __name__ == "__main__":

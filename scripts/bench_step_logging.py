@@ -31,12 +31,25 @@ def tiny_config(tmp: Path) -> dict:
         label = ["negative", "positive"][i % 2]
         rows.append(" ".join(rng.sample(words, 5) + [["awful", "great"][i % 2]]) + f",{label}")
     (tmp / "train.csv").write_text("\n".join(rows) + "\n")
-    return {"name": "bench", "output_dir": str(tmp / "runs"), "data": {"train": str(tmp / "train.csv")},
-            "text": {"vocabulary": "learn", "vocabulary_size": 200, "max_length": 32},
-            "model": {"backbone": {"architecture": "BertBackbone", "kwargs": {
-                "num_layers": 2, "num_heads": 2, "hidden_dim": 64, "intermediate_dim": 128,
-                "max_sequence_length": 64}}},
-            "training": {"epochs": 1, "batch_size": 32}}
+    return {
+        "name": "bench",
+        "output_dir": str(tmp / "runs"),
+        "data": {"train": str(tmp / "train.csv")},
+        "text": {"vocabulary": "learn", "vocabulary_size": 200, "max_length": 32},
+        "model": {
+            "backbone": {
+                "architecture": "BertBackbone",
+                "kwargs": {
+                    "num_layers": 2,
+                    "num_heads": 2,
+                    "hidden_dim": 64,
+                    "intermediate_dim": 128,
+                    "max_sequence_length": 64,
+                },
+            }
+        },
+        "training": {"epochs": 1, "batch_size": 32},
+    }
 
 
 def main() -> None:
@@ -68,8 +81,9 @@ def main() -> None:
         if every is None:
             return []
         cfg = config.logging.model_copy(update={"every_steps": every})
-        return monitoring_callbacks(cfg, model, p.plan, p.strategy, p.run, p.steps_per_epoch, 1, p.batch_size,
-                                    None, None)
+        return monitoring_callbacks(
+            cfg, model, p.plan, p.strategy, p.run, p.steps_per_epoch, 1, p.batch_size, None, None
+        )
 
     variants = {"no step logging": None, f"every {args.every} steps": args.every, "every step": 1}
     rates: dict[str, list[float]] = {name: [] for name in variants}

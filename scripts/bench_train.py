@@ -102,11 +102,14 @@ class StepTimer:
 
     def summary(self, batch: int, examples: int) -> dict:
         intervals = [self.ends[i] - self.ends[i - 1] for i in range(4, len(self.ends)) if i not in self.epoch_starts]
-        return {"first_step_from_process_s": self.ends[0] - PROCESS_START,
-                "first_step_from_train_s": self.ends[0] - self.train_start,
-                "train_examples_per_s": len(intervals) * batch / sum(intervals),
-                "train_wall_s": self.ends[-1] - self.train_start,
-                "train_examples": examples, "steps": len(self.ends)}
+        return {
+            "first_step_from_process_s": self.ends[0] - PROCESS_START,
+            "first_step_from_train_s": self.ends[0] - self.train_start,
+            "train_examples_per_s": len(intervals) * batch / sum(intervals),
+            "train_wall_s": self.ends[-1] - self.train_start,
+            "train_examples": examples,
+            "steps": len(self.ends),
+        }
 
 
 def time_predict(predict_batch, texts: list, batch: int = 64) -> float:
@@ -114,7 +117,7 @@ def time_predict(predict_batch, texts: list, batch: int = 64) -> float:
     predict_batch(texts[:batch])
     started = time.time()
     for i in range(0, len(texts), batch):
-        predict_batch(texts[i:i + batch])
+        predict_batch(texts[i : i + batch])
     return len(texts) / (time.time() - started)
 
 
@@ -142,10 +145,12 @@ def text_data(workdir: Path, n_train: int, n_eval: int, seed: int) -> dict:
     random.Random(seed).shuffle(train)
     held_out = read_rows(source / "test.csv")
     random.Random(seed + 1).shuffle(held_out)
-    return {"source": str(source),
-            "train": str(write_rows(workdir / "train.csv", train[:n_train])),
-            "validation": str(write_rows(workdir / "validation.csv", train[n_train:n_train + 200])),
-            "test": str(write_rows(workdir / "test.csv", held_out[:n_eval]))}
+    return {
+        "source": str(source),
+        "train": str(write_rows(workdir / "train.csv", train[:n_train])),
+        "validation": str(write_rows(workdir / "validation.csv", train[n_train : n_train + 200])),
+        "test": str(write_rows(workdir / "test.csv", held_out[:n_eval])),
+    }
 
 
 def minilm_folder() -> str:
@@ -163,19 +168,27 @@ def worker_tfsft_text(args, data: dict) -> dict:
     from tfsft.config import validate
     from tfsft.trainer import fit_and_evaluate, prepare
 
-    config = validate({
-        "name": "bench_text", "seed": args.seed, "output_dir": str(Path(args.workdir) / "runs"),
-        "task": {"modality": "text", "type": "classification"},
-        "data": {"train": data["train"], "validation": data["validation"], "test": data["test"]},
-        "text": {"max_length": MAX_LENGTH},
-        "model": {"backbone": {"preset": minilm_folder()}, "head": {"pooling": "cls", "dropout": 0.1}},
-        "optimizer": {"name": "adamw", "learning_rate": LR, "weight_decay": 0.01, "clip": {"mode": "none"}},
-        "schedule": {"name": "constant"},
-        "training": {"epochs": 1, "batch_size": BATCH, "early_stopping": {"enabled": False},
-                     "jit_compile": args.worker.endswith("_xla")},
-        "distribute": {"mixed_precision": "float32"},
-        "evaluation": {"worst_examples": 0},
-    })
+    config = validate(
+        {
+            "name": "bench_text",
+            "seed": args.seed,
+            "output_dir": str(Path(args.workdir) / "runs"),
+            "task": {"modality": "text", "type": "classification"},
+            "data": {"train": data["train"], "validation": data["validation"], "test": data["test"]},
+            "text": {"max_length": MAX_LENGTH},
+            "model": {"backbone": {"preset": minilm_folder()}, "head": {"pooling": "cls", "dropout": 0.1}},
+            "optimizer": {"name": "adamw", "learning_rate": LR, "weight_decay": 0.01, "clip": {"mode": "none"}},
+            "schedule": {"name": "constant"},
+            "training": {
+                "epochs": 1,
+                "batch_size": BATCH,
+                "early_stopping": {"enabled": False},
+                "jit_compile": args.worker.endswith("_xla"),
+            },
+            "distribute": {"mixed_precision": "float32"},
+            "evaluation": {"worst_examples": 0},
+        }
+    )
     timer = StepTimer()
     timer.start()
     prepared = prepare(config, resume="never")
@@ -206,18 +219,22 @@ def worker_keras_hub_text(args, data: dict) -> dict:
 
     keras.utils.set_random_seed(args.seed)
     train, test = read_rows(Path(data["train"])), read_rows(Path(data["test"]))
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(minilm_folder(),
-                                                                              sequence_length=MAX_LENGTH)
-    classifier = keras_hub.models.BertTextClassifier.from_preset(minilm_folder(), num_classes=len(LABELS),
-                                                                 preprocessor=preprocessor)
-    classifier.compile(optimizer=keras.optimizers.AdamW(LR, weight_decay=0.01),
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+        minilm_folder(), sequence_length=MAX_LENGTH
+    )
+    classifier = keras_hub.models.BertTextClassifier.from_preset(
+        minilm_folder(), num_classes=len(LABELS), preprocessor=preprocessor
+    )
+    classifier.compile(
+        optimizer=keras.optimizers.AdamW(LR, weight_decay=0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     timer = StepTimer()
     timer.start()
     x = np.array([r["text"] for r in train])
     y = np.array([LABELS.index(r["label"]) for r in train])
-    classifier.fit(x, y, batch_size=BATCH, epochs=1, shuffle=True, verbose=0,
-                   callbacks=[keras_timer_callback(timer)])
+    classifier.fit(x, y, batch_size=BATCH, epochs=1, shuffle=True, verbose=0, callbacks=[keras_timer_callback(timer)])
     out = timer.summary(BATCH, len(train))
     texts = np.array([r["text"] for r in test])
     out["predict_examples_per_s"] = time_predict(lambda batch: classifier.predict(batch, verbose=0), texts)
@@ -228,8 +245,14 @@ def worker_keras_hub_text(args, data: dict) -> dict:
 
 def worker_hf_text(args, data: dict) -> dict:
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     torch.manual_seed(args.seed)
     folder = args.model_folder
@@ -239,8 +262,10 @@ def worker_hf_text(args, data: dict) -> dict:
 
     class Rows(torch.utils.data.Dataset):
         def __init__(self, rows):
-            self.items = [dict(tokenizer(r["text"], truncation=True, max_length=MAX_LENGTH),
-                               labels=LABELS.index(r["label"])) for r in rows]
+            self.items = [
+                dict(tokenizer(r["text"], truncation=True, max_length=MAX_LENGTH), labels=LABELS.index(r["label"]))
+                for r in rows
+            ]
 
         def __len__(self):
             return len(self.items)
@@ -260,12 +285,27 @@ def worker_hf_text(args, data: dict) -> dict:
         def on_step_end(self, *a, **k):
             timer.step()
 
-    training_args = TrainingArguments(output_dir=str(Path(args.workdir) / "hf"), per_device_train_batch_size=BATCH,
-                                      learning_rate=LR, weight_decay=0.01, num_train_epochs=1, lr_scheduler_type="constant",
-                                      report_to=[], save_strategy="no", logging_strategy="no", seed=args.seed,
-                                      use_cpu=True, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=training_args, train_dataset=Rows(train),
-                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[Timing()])
+    training_args = TrainingArguments(
+        output_dir=str(Path(args.workdir) / "hf"),
+        per_device_train_batch_size=BATCH,
+        learning_rate=LR,
+        weight_decay=0.01,
+        num_train_epochs=1,
+        lr_scheduler_type="constant",
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        seed=args.seed,
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=Rows(train),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[Timing()],
+    )
     trainer.train()
     out = timer.summary(BATCH, len(train))
     texts = [r["text"] for r in test]
@@ -279,19 +319,28 @@ def worker_hf_text(args, data: dict) -> dict:
 
     out["predict_examples_per_s"] = time_predict(predict_batch, texts)
     for i in range(0, len(texts), 64):
-        predicted.extend(predict_batch(texts[i:i + 64]))
+        predicted.extend(predict_batch(texts[i : i + 64]))
     out["macro_f1"] = macro_f1([r["label"] for r in test], [LABELS[i] for i in predicted])
-    out["build"] = (f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-                    f"{torch.get_num_threads()} threads, transformers {__import__('transformers').__version__}")
+    out["build"] = (
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads, transformers {__import__('transformers').__version__}"
+    )
     return out
 
 
 # ----------------------------------------------------------------------------------------- ResNet workers
-TINY_RESNET = {"architecture": "ResNetBackbone",
-               "kwargs": {"input_conv_filters": [64], "input_conv_kernel_sizes": [3],
-                          "stackwise_num_filters": [64, 64, 128], "stackwise_num_blocks": [2, 2, 2],
-                          "stackwise_num_strides": [1, 2, 2], "block_type": "basic_block",
-                          "use_pre_activation": False}}
+TINY_RESNET = {
+    "architecture": "ResNetBackbone",
+    "kwargs": {
+        "input_conv_filters": [64],
+        "input_conv_kernel_sizes": [3],
+        "stackwise_num_filters": [64, 64, 128],
+        "stackwise_num_blocks": [2, 2, 2],
+        "stackwise_num_strides": [1, 2, 2],
+        "block_type": "basic_block",
+        "use_pre_activation": False,
+    },
+}
 
 
 def digit_folder(root: Path) -> Path:
@@ -311,18 +360,22 @@ def digit_folder(root: Path) -> Path:
 def resnet_config(args, folder: Path) -> dict:
     from tfsft.config import validate
 
-    return validate({
-        "name": "bench_resnet", "seed": args.seed, "output_dir": str(Path(args.workdir) / "runs"),
-        "task": {"modality": "image", "type": "classification"},
-        "data": {"train": str(folder), "format": "image_folder", "split": {"validation": 0.1, "test": 0.1}},
-        "image": {"size": [64, 64]},
-        "model": {"backbone": TINY_RESNET, "head": {"dropout": 0.0}},
-        "optimizer": {"name": "adamw", "learning_rate": 1e-3, "clip": {"mode": "none"}},
-        "schedule": {"name": "constant"},
-        "training": {"epochs": args.resnet_epochs, "batch_size": BATCH, "early_stopping": {"enabled": False}},
-        "distribute": {"mixed_precision": "float32"},
-        "evaluation": {"worst_examples": 0},
-    })
+    return validate(
+        {
+            "name": "bench_resnet",
+            "seed": args.seed,
+            "output_dir": str(Path(args.workdir) / "runs"),
+            "task": {"modality": "image", "type": "classification"},
+            "data": {"train": str(folder), "format": "image_folder", "split": {"validation": 0.1, "test": 0.1}},
+            "image": {"size": [64, 64]},
+            "model": {"backbone": TINY_RESNET, "head": {"dropout": 0.0}},
+            "optimizer": {"name": "adamw", "learning_rate": 1e-3, "clip": {"mode": "none"}},
+            "schedule": {"name": "constant"},
+            "training": {"epochs": args.resnet_epochs, "batch_size": BATCH, "early_stopping": {"enabled": False}},
+            "distribute": {"mixed_precision": "float32"},
+            "evaluation": {"worst_examples": 0},
+        }
+    )
 
 
 def worker_tfsft_resnet(args, data: dict) -> dict:
@@ -347,8 +400,8 @@ def worker_handwritten_resnet(args, data: dict) -> dict:
     import keras
 
     from tfsft.data import load_splits
-    from tfsft.model import build_model
     from tfsft.modalities import get_modality
+    from tfsft.model import build_model
 
     config = resnet_config(args, Path(data["folder"]))
     keras.utils.set_random_seed(args.seed)
@@ -357,14 +410,18 @@ def worker_handwritten_resnet(args, data: dict) -> dict:
     targets = splits.classes.targets(splits.train.labels, "classification")
     modality.prepare(splits.train, Path(config.output_dir))
     model = build_model(config, modality, modality.backbone(), len(splits.classes))
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     steps = -(-len(splits.train) // BATCH)
     live = modality.dataset(splits.train, targets, training=True, batch_size=BATCH)
     timer = StepTimer()
     timer.start()
-    model.fit(live, steps_per_epoch=steps, epochs=args.resnet_epochs, verbose=0,
-              callbacks=[keras_timer_callback(timer)])
+    model.fit(
+        live, steps_per_epoch=steps, epochs=args.resnet_epochs, verbose=0, callbacks=[keras_timer_callback(timer)]
+    )
     out = timer.summary(BATCH, len(splits.train))
     # The same number of steps on batches already in memory: what the model costs without waiting on input.
     in_memory = live.take(steps).cache().repeat()
@@ -372,15 +429,22 @@ def worker_handwritten_resnet(args, data: dict) -> dict:
         pass
     cached = StepTimer()
     cached.start()
-    model.fit(in_memory, steps_per_epoch=steps, epochs=args.resnet_epochs, verbose=0,
-              callbacks=[keras_timer_callback(cached)])
+    model.fit(
+        in_memory, steps_per_epoch=steps, epochs=args.resnet_epochs, verbose=0, callbacks=[keras_timer_callback(cached)]
+    )
     out["in_memory_examples_per_s"] = cached.summary(BATCH, len(splits.train))["train_examples_per_s"]
     return out
 
 
-WORKERS = {"tfsft_text": worker_tfsft_text, "tfsft_text_xla": worker_tfsft_text, "tfsft_text_eigen": worker_tfsft_text,
-           "keras_hub_text": worker_keras_hub_text, "hf_text": worker_hf_text,
-           "tfsft_resnet": worker_tfsft_resnet, "handwritten_resnet": worker_handwritten_resnet}
+WORKERS = {
+    "tfsft_text": worker_tfsft_text,
+    "tfsft_text_xla": worker_tfsft_text,
+    "tfsft_text_eigen": worker_tfsft_text,
+    "keras_hub_text": worker_keras_hub_text,
+    "hf_text": worker_hf_text,
+    "tfsft_resnet": worker_tfsft_resnet,
+    "handwritten_resnet": worker_handwritten_resnet,
+}
 
 
 # ----------------------------------------------------------------------------------------- driver
@@ -396,9 +460,24 @@ def worker_env(args) -> dict:
 
 def run_worker(name: str, args, data: dict, python: str = sys.executable) -> dict | None:
     out_file = Path(args.workdir) / f"{name}.json"
-    command = [python, __file__, "--worker", name, "--data", json.dumps(data), "--workdir", args.workdir,
-               "--seed", str(args.seed), "--resnet-epochs", str(args.resnet_epochs),
-               "--model-folder", args.model_folder or "", "--out", str(out_file)]
+    command = [
+        python,
+        __file__,
+        "--worker",
+        name,
+        "--data",
+        json.dumps(data),
+        "--workdir",
+        args.workdir,
+        "--seed",
+        str(args.seed),
+        "--resnet-epochs",
+        str(args.resnet_epochs),
+        "--model-folder",
+        args.model_folder or "",
+        "--out",
+        str(out_file),
+    ]
     print(f"  running {name} ...", flush=True)
     process = subprocess.run(command, env=worker_env(args), capture_output=True, text=True)
     if process.returncode != 0:
@@ -408,7 +487,9 @@ def run_worker(name: str, args, data: dict, python: str = sys.executable) -> dic
 
 
 _ONEDNN_PROBE = "import tfsft, tensorflow as tf; tf.function(lambda a: tf.nn.relu(tf.matmul(a, a)))(tf.ones([64, 64]))"
-_TORCH_PROBE = "import torch; print('torch-capability', torch.backends.cpu.get_cpu_capability()); a = torch.ones(256, 256); a @ a"
+_TORCH_PROBE = (
+    "import torch; print('torch-capability', torch.backends.cpu.get_cpu_capability()); a = torch.ones(256, 256); a @ a"
+)
 
 
 def isa_report(args, hf_python: str | None) -> list[str]:
@@ -416,15 +497,19 @@ def isa_report(args, hf_python: str | None) -> list[str]:
     env = {**worker_env(args), "ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1"}
     lines = []
     probe = subprocess.run([sys.executable, "-c", _ONEDNN_PROBE], env=env, capture_output=True, text=True)
-    isa = [l.split("isa:", 1)[1] for l in (probe.stdout + probe.stderr).splitlines() if ",isa:" in l]
+    isa = [line.split("isa:", 1)[1] for line in (probe.stdout + probe.stderr).splitlines() if ",isa:" in line]
     lines.append(f"TensorFlow oneDNN ISA: {isa[0] if isa else 'no oneDNN primitive ran (oneDNN off?)'}")
     if hf_python:
         probe = subprocess.run([hf_python, "-c", _TORCH_PROBE], env=env, capture_output=True, text=True)
         out = (probe.stdout + probe.stderr).splitlines()
-        capability = [l.split()[-1] for l in out if l.startswith("torch-capability")]
-        mkl = [l.replace("MKL_VERBOSE ", "") for l in out if l.startswith("MKL_VERBOSE") and "GEMM" not in l]
-        lines.append(f"PyTorch ATen CPU capability: {capability[0] if capability else 'unknown'}; "
-                     f"MKL: {mkl[0] if mkl else 'no MKL call seen'}")
+        capability = [line.split()[-1] for line in out if line.startswith("torch-capability")]
+        mkl = [
+            line.replace("MKL_VERBOSE ", "") for line in out if line.startswith("MKL_VERBOSE") and "GEMM" not in line
+        ]
+        lines.append(
+            f"PyTorch ATen CPU capability: {capability[0] if capability else 'unknown'}; "
+            f"MKL: {mkl[0] if mkl else 'no MKL call seen'}"
+        )
     return lines
 
 
@@ -432,9 +517,11 @@ def header(args, hf_python: str | None) -> str:
     from tfsft.runtime import cpu_info
 
     caps = ISA_CAPS.get(args.isa)
-    lines = [f"CPU: {cpu_info().describe()}; {os.cpu_count()} cores",
-             f"ISA: {'capped to AVX2 (' + ', '.join(f'{k}={v}' for k, v in caps.items()) + ')' if caps else 'native'}",
-             *isa_report(args, hf_python)]
+    lines = [
+        f"CPU: {cpu_info().describe()}; {os.cpu_count()} cores",
+        f"ISA: {'capped to AVX2 (' + ', '.join(f'{k}={v}' for k, v in caps.items()) + ')' if caps else 'native'}",
+        *isa_report(args, hf_python),
+    ]
     return "\n".join(lines)
 
 
@@ -444,11 +531,9 @@ def has_hf(python: str) -> bool:
 
 
 def table(rows: list[tuple[str, dict | None]], columns: list[tuple[str, str, str]]) -> str:
-    lines = ["| system | " + " | ".join(title for title, _, _ in columns) + " |",
-             "|---|" + "---|" * len(columns)]
+    lines = ["| system | " + " | ".join(title for title, _, _ in columns) + " |", "|---|" + "---|" * len(columns)]
     for name, result in rows:
-        cells = [("n/a" if result is None or key not in result else fmt.format(result[key]))
-                 for _, key, fmt in columns]
+        cells = [("n/a" if result is None or key not in result else fmt.format(result[key])) for _, key, fmt in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -461,8 +546,11 @@ def ratio(a: dict | None, b: dict | None, key: str, inverse: bool = False) -> st
 
 def bench_text(args, hf_python: str | None) -> None:
     data = text_data(Path(args.workdir), args.train_examples, args.eval_examples, args.seed)
-    print(f"\nText: MiniLM-L6, {args.train_examples} training tweets, {args.eval_examples} held-out tweets "
-          f"({data['source']}), batch {BATCH}, max length {MAX_LENGTH}, AdamW {LR}, 1 epoch, float32", flush=True)
+    print(
+        f"\nText: MiniLM-L6, {args.train_examples} training tweets, {args.eval_examples} held-out tweets "
+        f"({data['source']}), batch {BATCH}, max length {MAX_LENGTH}, AdamW {LR}, 1 epoch, float32",
+        flush=True,
+    )
     results = [("tfsft", run_worker("tfsft_text", args, data))]
     if args.eigen:
         results.append(("tfsft, oneDNN off (TensorFlow's default on AVX2)", run_worker("tfsft_text_eigen", args, data)))
@@ -472,43 +560,64 @@ def bench_text(args, hf_python: str | None) -> None:
         results.append(("KerasHub BertTextClassifier.fit", run_worker("keras_hub_text", args, data)))
     if hf_python:
         results.append(("HF Trainer (PyTorch CPU)", run_worker("hf_text", args, data, python=hf_python)))
-    print(table(results, [("train ex/s (steady)", "train_examples_per_s", "{:.1f}"),
-                          ("train wall s", "train_wall_s", "{:.0f}"),
-                          ("first step s (process / train)", "first_step_from_process_s", "{:.1f}"),
-                          ("", "first_step_from_train_s", "{:.1f}"),
-                          ("predict ex/s", "predict_examples_per_s", "{:.0f}"),
-                          ("macro-F1", "macro_f1", "{:.3f}"),
-                          ("peak RSS MiB", "peak_rss_mb", "{:.0f}")]))
+    print(
+        table(
+            results,
+            [
+                ("train ex/s (steady)", "train_examples_per_s", "{:.1f}"),
+                ("train wall s", "train_wall_s", "{:.0f}"),
+                ("first step s (process / train)", "first_step_from_process_s", "{:.1f}"),
+                ("", "first_step_from_train_s", "{:.1f}"),
+                ("predict ex/s", "predict_examples_per_s", "{:.0f}"),
+                ("macro-F1", "macro_f1", "{:.3f}"),
+                ("peak RSS MiB", "peak_rss_mb", "{:.0f}"),
+            ],
+        )
+    )
     for name, result in results:
         if result and result.get("build"):
             print(f"  {name}: {result['build']}")
     tfsft = results[0][1]
     for name, other in results[1:]:
-        print(f"tfsft vs {name}: train wall time {ratio(tfsft, other, 'train_wall_s')} "
-              f"(= x{(other or {}).get('train_wall_s', 0) / max((tfsft or {}).get('train_wall_s', 1), 1e-9):.2f} faster), "
-              f"steady train throughput {ratio(tfsft, other, 'train_examples_per_s')}, "
-              f"time to first step {ratio(tfsft, other, 'first_step_from_process_s')}, "
-              f"predict throughput {ratio(tfsft, other, 'predict_examples_per_s')}, "
-              f"macro-F1 {((tfsft or {}).get('macro_f1', 0) - (other or {}).get('macro_f1', 0)) * 100:+.1f} pt")
+        speedup = (other or {}).get("train_wall_s", 0) / max((tfsft or {}).get("train_wall_s", 1), 1e-9)
+        print(
+            f"tfsft vs {name}: train wall time {ratio(tfsft, other, 'train_wall_s')} "
+            f"(= x{speedup:.2f} faster), "
+            f"steady train throughput {ratio(tfsft, other, 'train_examples_per_s')}, "
+            f"time to first step {ratio(tfsft, other, 'first_step_from_process_s')}, "
+            f"predict throughput {ratio(tfsft, other, 'predict_examples_per_s')}, "
+            f"macro-F1 {((tfsft or {}).get('macro_f1', 0) - (other or {}).get('macro_f1', 0)) * 100:+.1f} pt"
+        )
 
 
 def bench_resnet(args) -> None:
     folder = digit_folder(Path(args.workdir) / "digits")
     data = {"folder": str(folder)}
-    print(f"\nResNet: 6-block ResNet on 1,797 digit images (64x64), 80% train, batch {BATCH}, "
-          f"{args.resnet_epochs} epochs", flush=True)
+    print(
+        f"\nResNet: 6-block ResNet on 1,797 digit images (64x64), 80% train, batch {BATCH}, "
+        f"{args.resnet_epochs} epochs",
+        flush=True,
+    )
     tfsft = run_worker("tfsft_resnet", args, data)
     plain = run_worker("handwritten_resnet", args, data)
-    print(table([("tfsft", tfsft), ("hand-written model.fit", plain)],
-                [("train ex/s (steady)", "train_examples_per_s", "{:.1f}"),
-                 ("train wall s", "train_wall_s", "{:.1f}"),
-                 ("in-memory batches ex/s", "in_memory_examples_per_s", "{:.1f}"),
-                 ("peak RSS MiB", "peak_rss_mb", "{:.0f}")]))
+    print(
+        table(
+            [("tfsft", tfsft), ("hand-written model.fit", plain)],
+            [
+                ("train ex/s (steady)", "train_examples_per_s", "{:.1f}"),
+                ("train wall s", "train_wall_s", "{:.1f}"),
+                ("in-memory batches ex/s", "in_memory_examples_per_s", "{:.1f}"),
+                ("peak RSS MiB", "peak_rss_mb", "{:.0f}"),
+            ],
+        )
+    )
     if tfsft and plain:
         overhead = plain["train_examples_per_s"] / tfsft["train_examples_per_s"] - 1
         input_bound = max(0.0, 1 - plain["train_examples_per_s"] / plain["in_memory_examples_per_s"])
-        print(f"tfsft overhead vs hand-written fit: {overhead * 100:+.1f}% step time; "
-              f"input-bound fraction of the pipeline: {input_bound * 100:.1f}%")
+        print(
+            f"tfsft overhead vs hand-written fit: {overhead * 100:+.1f}% step time; "
+            f"input-bound fraction of the pipeline: {input_bound * 100:.1f}%"
+        )
 
 
 def main() -> int:
@@ -519,10 +628,16 @@ def main() -> int:
     parser.add_argument("--resnet-epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--xla", action="store_true", help="Also time tfsft with XLA (training.jit_compile: true).")
-    parser.add_argument("--eigen", action="store_true", help="Also time tfsft with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0).")
+    parser.add_argument(
+        "--eigen", action="store_true", help="Also time tfsft with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)."
+    )
     parser.add_argument("--skip-keras-hub", action="store_true", help="Leave out the stock KerasHub fit.")
-    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
-                        help="avx2: cap oneDNN, PyTorch and MKL to AVX2, to stand in for an AVX2-only CPU.")
+    parser.add_argument(
+        "--isa",
+        choices=("native", "avx2"),
+        default="native",
+        help="avx2: cap oneDNN, PyTorch and MKL to AVX2, to stand in for an AVX2-only CPU.",
+    )
     parser.add_argument("--hf-python", help="Python interpreter with torch + transformers (default: this one).")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -542,8 +657,11 @@ def main() -> int:
         args.model_folder = minilm_folder()
     hf_python = args.hf_python or sys.executable
     if not has_hf(hf_python):
-        print(f"HF Trainer skipped: {hf_python} cannot import torch + transformers "
-              f"(pip install torch==2.13.0 transformers accelerate, or pass --hf-python)", flush=True)
+        print(
+            f"HF Trainer skipped: {hf_python} cannot import torch + transformers "
+            f"(pip install torch==2.13.0 transformers accelerate, or pass --hf-python)",
+            flush=True,
+        )
         hf_python = None
     print(f"Work directory: {args.workdir}")
     print(header(args, hf_python if args.only in (None, "text") else None), flush=True)

@@ -26,7 +26,7 @@ def stratified_sample(rows, size, seed=0):
         by_label[row["label"]].append(row)
     rng = random.Random(seed)
     picked = []
-    for label, group in sorted(by_label.items()):
+    for _label, group in sorted(by_label.items()):
         rng.shuffle(group)
         picked.extend(group[: round(size * len(group) / len(rows))])
     rng.shuffle(picked)

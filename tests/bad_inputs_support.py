@@ -22,8 +22,12 @@ class World:
 
     def text_cfg(self, name="cfg.yaml", **overrides) -> list[str]:
         """--config args of a valid tiny text run writing into the shared runs folder."""
-        config = text_config(self.text, self.root, training={"epochs": 1, "steps_per_epoch": 1,
-                                                             "early_stopping": {"enabled": False}}, **overrides)
+        config = text_config(
+            self.text,
+            self.root,
+            training={"epochs": 1, "steps_per_epoch": 1, "early_stopping": {"enabled": False}},
+            **overrides,
+        )
         return ["--config", str(write_config(self.root / "configs", config, name))]
 
     def image_cfg(self, name="icfg.yaml", **overrides) -> list[str]:
@@ -42,24 +46,41 @@ class World:
 
 def build_world(root: Path) -> World:
     from conftest import keyword_texts
-
     from tfsft.export import export_run
     from tfsft.trainer import train
 
     (root / "configs").mkdir(parents=True)
-    text = {split: str(write_csv(root / "data" / f"{split}.csv", keyword_texts(n, seed)))
-            for split, n, seed in (("train", 48, 0), ("validation", 16, 1), ("test", 16, 2))}
-    digits = {split: str(write_digit_folder(root / "digits" / split, [0, 1, 2], per_class=6, offset=offset))
-              for split, offset in (("train", 0), ("validation", 6), ("test", 12))}
+    text = {
+        split: str(write_csv(root / "data" / f"{split}.csv", keyword_texts(n, seed)))
+        for split, n, seed in (("train", 48, 0), ("validation", 16, 1), ("test", 16, 2))
+    }
+    digits = {
+        split: str(write_digit_folder(root / "digits" / split, [0, 1, 2], per_class=6, offset=offset))
+        for split, offset in (("train", 0), ("validation", 6), ("test", 12))
+    }
     # The shared runs only need a model to load: no validation/test split and one sequence length keep their
     # graph tracing (most of their cost) small.
     alone = {"validation": None, "test": None, "split": {"validation": 0.0, "test": 0.0}}
-    text_run = train(validated(text_config(text, root, data={"train": text["train"], **alone},
-                                           text={"max_length": 16, "bucket_boundaries": [16]},
-                                           training={"epochs": 1, "steps_per_epoch": 1,
-                                                     "early_stopping": {"enabled": False}})), verbose=0).run_dir
-    image_run = train(validated(image_config(digits, root, data={"train": digits["train"], **alone},
-                                             training={"epochs": 1, "steps_per_epoch": 1})), verbose=0).run_dir
+    text_run = train(
+        validated(
+            text_config(
+                text,
+                root,
+                data={"train": text["train"], **alone},
+                text={"max_length": 16, "bucket_boundaries": [16]},
+                training={"epochs": 1, "steps_per_epoch": 1, "early_stopping": {"enabled": False}},
+            )
+        ),
+        verbose=0,
+    ).run_dir
+    image_run = train(
+        validated(
+            image_config(
+                digits, root, data={"train": digits["train"], **alone}, training={"epochs": 1, "steps_per_epoch": 1}
+            )
+        ),
+        verbose=0,
+    ).run_dir
     base = root / "saved_models"
     text_model = export_run(text_run, base, verify=False).parent
     image_model = export_run(image_run, base, verify=False).parent
@@ -71,8 +92,9 @@ def digest(world: World) -> dict:
     out = {}
     for top in (world.root / "runs", world.root / "saved_models"):
         for path in sorted(top.rglob("*")):
-            out[str(path.relative_to(world.root))] = (hashlib.sha256(path.read_bytes()).hexdigest()
-                                                      if path.is_file() else "dir")
+            out[str(path.relative_to(world.root))] = (
+                hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+            )
     return out
 
 

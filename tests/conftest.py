@@ -21,14 +21,29 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY_BERT = {"architecture": "BertBackbone",
-             "kwargs": {"num_layers": 2, "num_heads": 2, "hidden_dim": 32, "intermediate_dim": 64,
-                        "max_sequence_length": 64, "dropout": 0.0}}
-TINY_RESNET = {"architecture": "ResNetBackbone",
-               "kwargs": {"input_conv_filters": [64], "input_conv_kernel_sizes": [3],
-                          "stackwise_num_filters": [64, 32], "stackwise_num_blocks": [2, 1],
-                          "stackwise_num_strides": [1, 2], "block_type": "basic_block",
-                          "use_pre_activation": False}}
+TINY_BERT = {
+    "architecture": "BertBackbone",
+    "kwargs": {
+        "num_layers": 2,
+        "num_heads": 2,
+        "hidden_dim": 32,
+        "intermediate_dim": 64,
+        "max_sequence_length": 64,
+        "dropout": 0.0,
+    },
+}
+TINY_RESNET = {
+    "architecture": "ResNetBackbone",
+    "kwargs": {
+        "input_conv_filters": [64],
+        "input_conv_kernel_sizes": [3],
+        "stackwise_num_filters": [64, 32],
+        "stackwise_num_blocks": [2, 1],
+        "stackwise_num_strides": [1, 2],
+        "block_type": "basic_block",
+        "use_pre_activation": False,
+    },
+}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -93,8 +108,9 @@ def text_config(paths: dict, tmp_path: Path, **overrides) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- image data
-def write_digit_folder(root: Path, digits: list[int], per_class: int | None = None, offset: int = 0,
-                       size: int = 32) -> Path:
+def write_digit_folder(
+    root: Path, digits: list[int], per_class: int | None = None, offset: int = 0, size: int = 32
+) -> Path:
     """scikit-learn's bundled 8x8 digits, upscaled to size x size RGB PNGs, one folder per digit."""
     import numpy as np
     import tensorflow as tf
@@ -188,8 +204,9 @@ def write_config(tmp_path: Path, config: dict, name: str = "config.yaml") -> Pat
 
 def run_cli(module: str, *args: str, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd or REPO, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=env
+    )
 
 
 def saved_weights(run_dir: Path) -> dict:
@@ -201,8 +218,9 @@ def saved_weights(run_dir: Path) -> dict:
     weights = {}
     with zipfile.ZipFile(run_dir / "model.keras") as archive, archive.open("model.weights.h5") as raw:
         with h5py.File(raw, "r") as h5:
-            h5.visititems(lambda name, obj: weights.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
-                          else None)
+            h5.visititems(
+                lambda name, obj: weights.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
     return weights
 
 

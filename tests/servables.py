@@ -20,8 +20,7 @@ class TextModel(tf.Module):
         p_long = tf.minimum(tf.cast(tf.strings.length(text), tf.float32) / 8.0, 1.0)
         probabilities = tf.stack([1.0 - p_long, p_long], axis=-1)
         class_id = tf.argmax(probabilities, axis=-1)
-        return {"probabilities": probabilities, "class_id": class_id,
-                "class_name": tf.gather(self.names, class_id)}
+        return {"probabilities": probabilities, "class_id": class_id, "class_name": tf.gather(self.names, class_id)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def lengths(self, text):
@@ -29,8 +28,9 @@ class TextModel(tf.Module):
 
 
 class PairModel(tf.Module):
-    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="a"),
-                                  tf.TensorSpec([None], tf.float32, name="b")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, 2], tf.float32, name="a"), tf.TensorSpec([None], tf.float32, name="b")]
+    )
     def serve(self, a, b):
         return {"total": tf.reduce_sum(a, axis=-1) + b}
 
@@ -41,8 +41,10 @@ class ImageModel(tf.Module):
         def mean_pixel(png):
             return tf.reduce_mean(tf.cast(tf.io.decode_png(png), tf.float32))
 
-        return {"mean": tf.map_fn(mean_pixel, image_bytes, fn_output_signature=tf.float32),
-                "thumbnail_bytes": image_bytes}
+        return {
+            "mean": tf.map_fn(mean_pixel, image_bytes, fn_output_signature=tf.float32),
+            "thumbnail_bytes": image_bytes,
+        }
 
 
 def save_text_model(path, names):

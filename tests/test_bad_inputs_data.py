@@ -19,8 +19,9 @@ from tfsft.tables import read_table
 
 
 def rows(n, start=0):
-    return "".join(f"flight {i} was {'good' if i % 2 else 'bad'},{['negative', 'positive'][i % 2]}\n"
-                   for i in range(start, n))
+    return "".join(
+        f"flight {i} was {'good' if i % 2 else 'bad'},{['negative', 'positive'][i % 2]}\n" for i in range(start, n)
+    )
 
 
 def read(tmp_path, name, content, fmt, **kwargs):
@@ -77,8 +78,12 @@ def test_legit_multi_line_field_is_one_record_with_a_warning(tmp_path, caplog):
 
 
 def test_tsv_has_no_quote_processing_by_default(tmp_path):
-    content = "text\tlabel\n" + rows(3).replace(",", "\t") + '"quoted start of a tweet\tpositive\n' \
-              + rows(23, 3).replace(",", "\t")
+    content = (
+        "text\tlabel\n"
+        + rows(3).replace(",", "\t")
+        + '"quoted start of a tweet\tpositive\n'
+        + rows(23, 3).replace(",", "\t")
+    )
     columns, records, bad = read(tmp_path, "t.tsv", content, "tsv")
     assert not bad.items and len(records) == 24
     assert records[3] == (5, {"text": '"quoted start of a tweet', "label": "positive"})
@@ -103,16 +108,18 @@ def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
     import json
 
     text = "first\u2028second"
-    columns, records, bad = read(tmp_path, "s.jsonl", json.dumps({"text": text, "label": "a"}, ensure_ascii=False)
-                                 + "\n", "jsonl")
+    columns, records, bad = read(
+        tmp_path, "s.jsonl", json.dumps({"text": text, "label": "a"}, ensure_ascii=False) + "\n", "jsonl"
+    )
     assert not bad.items and records[0][1]["text"] == text
 
 
 def test_unknown_training_labels_count_towards_max_bad_fraction(tmp_path, text_data):
     train = tmp_path / "train.csv"
     train.write_text("text,label\n" + rows(20) + "".join(f"meh {i},mixed\n" for i in range(5)))
-    config = validated(text_config({**text_data, "train": str(train)}, tmp_path,
-                                   data={"classes": ["negative", "positive"]}))
+    config = validated(
+        text_config({**text_data, "train": str(train)}, tmp_path, data={"classes": ["negative", "positive"]})
+    )
     from tfsft.modalities.text import TextModality
 
     with pytest.raises(DataError, match=r"5 of 25 records .*'mixed'"):
@@ -151,8 +158,11 @@ def test_error_paragraph_keeps_paths_urls_and_keys_whole(capsys):
     path = "/data/bad-inputs/very-long-folder-name-with-hyphens/and-more-hyphens/train-2024-01-01.csv"
 
     def fail():
-        raise DataError(f"data.train = '{path}' failed; see https://example.org/a-very-long-url-with-hyphens "
-                        f"and training.early_stopping.monitor. " + "More words to pass any wrap width. " * 6)
+        raise DataError(
+            f"data.train = '{path}' failed; see https://example.org/a-very-long-url-with-hyphens "
+            f"and training.early_stopping.monitor. " + "More words to pass any wrap width. " * 6
+        )
+
     assert run_main(fail) == 2
     err = capsys.readouterr().err
     assert path in err and "https://example.org/a-very-long-url-with-hyphens" in err
@@ -168,8 +178,14 @@ def test_cli_start_is_quiet_and_the_error_is_one_paragraph(tmp_path, text_data):
     bad.write_text("text,label\n" + "".join(lines))
     config = write_config(tmp_path, text_config({**text_data, "train": str(bad)}, tmp_path))
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
-    result = subprocess.run([sys.executable, "-m", "tfsft.train", "--config", str(config)], capture_output=True,
-                            text=True, timeout=300, cwd=REPO, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "tfsft.train", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env,
+    )
     assert result.returncode == 2
     for noise in ("cuInit", "absl", "cuda", "oneDNN custom operations", "Traceback"):
         assert noise not in result.stderr, result.stderr

@@ -13,16 +13,18 @@ import shutil
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from servables import png_b64
+from tfsft.cli.serve import main as serve_main
 from tfsft.export import main as export_main
 from tfsft.serving import RequestLimits, make_app
-from tfsft.cli.serve import main as serve_main
-
-from servables import png_b64
 
 
 def digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def version_digest(base):
@@ -57,22 +59,36 @@ REST_CASES = [
     ("string-for-float", "pair:predict", {"inputs": {"a": [["x", 1]], "b": [1]}}, 400, ['"x"', "float"]),
     ("wrong-shape", "pair:predict", {"instances": [{"a": [1, 2, 3], "b": 1}]}, 400, ["Input: a has shape [1,3]"]),
     ("ragged", "text:predict", {"inputs": [["a"], ["b", "c"]]}, 400, ["unexpected size: 2"]),
-    ("rows-differ", "pair:predict", {"instances": [{"a": [1, 2], "b": 1}, {"a": [1, 2, 3], "b": 1}]}, 400,
-     ["element: 1 key: a", "size: 2 but got: 3"]),
+    (
+        "rows-differ",
+        "pair:predict",
+        {"instances": [{"a": [1, 2], "b": 1}, {"a": [1, 2, 3], "b": 1}]},
+        400,
+        ["element: 1 key: a", "size: 2 but got: 3"],
+    ),
     ("lossy-float", "pair:predict", {"inputs": {"a": [[16777217, 0]], "b": [0]}}, 400, ["16777217", "loss"]),
     ("plain-list-for-two-inputs", "pair:predict", {"instances": [[1, 2]]}, 400, ["multiple input tensors"]),
     ("object-then-list", "pair:predict", {"instances": [{"a": [1, 2], "b": 1}, [1, 2]]}, 400, ["item 1"]),
     ("unknown-input", "pair:predict", {"instances": [{"a": [1, 2], "c": 1}]}, 400, ["named input: c"]),
     ("missing-input", "pair:predict", {"inputs": {"a": [[1, 2]]}}, 400, ["Missing named input: b"]),
     ("bad-b64", "image:predict", {"instances": [{"b64": "***not base64***"}]}, 400, ["Unable to base64 decode"]),
-    ("b64-with-extra-key", "image:predict", {"instances": [{"b64": png_b64(), "x": 1}]}, 400,
-     ["named input: b64"]),
+    ("b64-with-extra-key", "image:predict", {"instances": [{"b64": png_b64(), "x": 1}]}, 400, ["named input: b64"]),
     ("not-an-image", "image:predict", {"instances": [B64_OF_TEXT]}, 400, ["Unknown image file format"]),
     ("too-many-instances", "text:predict", {"instances": ["a"] * 5}, 413, ["5 instances", "--max-instances"]),
-    ("too-many-columnar-rows", "pair:predict", {"inputs": {"a": [[1, 2]] * 9, "b": [1] * 9}}, 413,
-     ["9 instances", "at most 4"]),
-    ("too-many-input-bytes", "text:predict", {"instances": ["x" * 200, "y" * 200]}, 413,
-     ["400 bytes", "--max-input-bytes"]),
+    (
+        "too-many-columnar-rows",
+        "pair:predict",
+        {"inputs": {"a": [[1, 2]] * 9, "b": [1] * 9}},
+        413,
+        ["9 instances", "at most 4"],
+    ),
+    (
+        "too-many-input-bytes",
+        "text:predict",
+        {"instances": ["x" * 200, "y" * 200]},
+        413,
+        ["400 bytes", "--max-input-bytes"],
+    ),
     ("body-too-large", "text:predict", {"instances": ["x" * 5000]}, 413, ["4000 bytes", "--max-body-bytes"]),
 ]
 
@@ -83,6 +99,7 @@ def request(registry, method, path, body):
             data = body if isinstance(body, bytes) else json.dumps(body)
             response = await client.request(method, path, data=data)
             return response.status, response.content_type, await response.text()
+
     return asyncio.run(go())
 
 
@@ -104,12 +121,15 @@ def test_bad_rest_request(serving_registry, serving_base, versions_before, case,
     assert version_digest(serving_base) == versions_before
 
 
-@pytest.mark.parametrize("method, path, status", [
-    ("GET", "/v1/models/text:predict", 405),
-    ("GET", "/v1/models/text/versions/x", 400),
-    ("GET", "/v1/models/nope/metadata", 404),
-    ("GET", "/v1/models/text/versions/9", 404),
-])
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        ("GET", "/v1/models/text:predict", 405),
+        ("GET", "/v1/models/text/versions/x", 400),
+        ("GET", "/v1/models/nope/metadata", 404),
+        ("GET", "/v1/models/text/versions/9", 404),
+    ],
+)
 def test_bad_rest_route(serving_registry, method, path, status):
     got, content_type, text = request(serving_registry, method, path, b"")
     assert (got, content_type) == (status, "application/json")
@@ -141,24 +161,28 @@ def refused(capsys, main, args) -> str:
     return " ".join(err.split())
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--port", "70000"], ["--port", "70000", "65535"]),
-    (["--port", "0"], ["--port", "got 0"]),
-    (["--port", "http"], ["--port", "'http'"]),
-    (["--max-instances", "0"], ["--max-instances", "got 0"]),
-    (["--max-input-bytes", "-5"], ["--max-input-bytes", "-5"]),
-    (["--max-body-bytes", "1e9"], ["--max-body-bytes", "'1e9'"]),
-    (["--shutdown-grace-seconds", "-1"], ["--shutdown-grace-seconds", "-1"]),
-    (["--shutdown-grace-seconds", "nan"], ["--shutdown-grace-seconds", "nan"]),
-    (["--poll-seconds", "-0.5"], ["--poll-seconds", "-0.5"]),
-    (["--batch-timeout-ms", "0"], ["--batch-timeout-ms", "greater than 0"]),
-    (["--max-batch-size", "1.5"], ["--max-batch-size", "'1.5'"]),
-    (["--workers", "0"], ["--workers", "got 0"]),
-    (["--host", ""], ["--host", "empty"]),
-    (["--model-base-path", ""], ["--model-base-path", "empty"]),
-    (["--model-base-path", "a", "--model-config-file", "b"], ["not allowed with"]),
-    (["--bogus"], ["--bogus"]),
-], ids=lambda value: " ".join(value) if isinstance(value, list) and value and value[0].startswith("--") else None)
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--port", "70000"], ["--port", "70000", "65535"]),
+        (["--port", "0"], ["--port", "got 0"]),
+        (["--port", "http"], ["--port", "'http'"]),
+        (["--max-instances", "0"], ["--max-instances", "got 0"]),
+        (["--max-input-bytes", "-5"], ["--max-input-bytes", "-5"]),
+        (["--max-body-bytes", "1e9"], ["--max-body-bytes", "'1e9'"]),
+        (["--shutdown-grace-seconds", "-1"], ["--shutdown-grace-seconds", "-1"]),
+        (["--shutdown-grace-seconds", "nan"], ["--shutdown-grace-seconds", "nan"]),
+        (["--poll-seconds", "-0.5"], ["--poll-seconds", "-0.5"]),
+        (["--batch-timeout-ms", "0"], ["--batch-timeout-ms", "greater than 0"]),
+        (["--max-batch-size", "1.5"], ["--max-batch-size", "'1.5'"]),
+        (["--workers", "0"], ["--workers", "got 0"]),
+        (["--host", ""], ["--host", "empty"]),
+        (["--model-base-path", ""], ["--model-base-path", "empty"]),
+        (["--model-base-path", "a", "--model-config-file", "b"], ["not allowed with"]),
+        (["--bogus"], ["--bogus"]),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) and value and value[0].startswith("--") else None,
+)
 def test_bad_serve_argument(capsys, args, fragments):
     message = refused(capsys, serve_main, args)
     for fragment in fragments:
@@ -187,20 +211,24 @@ def export_world(tmp_path):
     assert (digest(tmp_path), sorted(str(p) for p in tmp_path.rglob("*"))) == before, "a refusal wrote something"
 
 
-@pytest.mark.parametrize("extra, fragments", [
-    (["--version", "-3"], ["--version", "-3", "positive integer"]),
-    (["--version", "0"], ["--version", "got 0"]),
-    (["--version", "abc"], ["--version", "'abc'"]),
-    (["--version", "2.5"], ["--version", "'2.5'"]),
-    (["--version", "99999999999999999999"], ["--version", "int64"]),
-    (["--name", "../outside"], ["--name", "'../outside'", "single folder name"]),
-    (["--name", ""], ["--name", "empty"]),
-    (["--name", "a/b"], ["--name", "'a/b'"]),
-    (["--name", ".hidden"], ["--name", "'.hidden'"]),
-    (["--name", "two words"], ["--name", "'two words'"]),
-    (["--format", "tflite"], ["--format", "'tflite'"]),
-    (["--base-path", ""], ["--base-path", "empty"]),
-], ids=lambda value: " ".join(value) if isinstance(value, list) and value and value[0].startswith("--") else None)
+@pytest.mark.parametrize(
+    "extra, fragments",
+    [
+        (["--version", "-3"], ["--version", "-3", "positive integer"]),
+        (["--version", "0"], ["--version", "got 0"]),
+        (["--version", "abc"], ["--version", "'abc'"]),
+        (["--version", "2.5"], ["--version", "'2.5'"]),
+        (["--version", "99999999999999999999"], ["--version", "int64"]),
+        (["--name", "../outside"], ["--name", "'../outside'", "single folder name"]),
+        (["--name", ""], ["--name", "empty"]),
+        (["--name", "a/b"], ["--name", "'a/b'"]),
+        (["--name", ".hidden"], ["--name", "'.hidden'"]),
+        (["--name", "two words"], ["--name", "'two words'"]),
+        (["--format", "tflite"], ["--format", "'tflite'"]),
+        (["--base-path", ""], ["--base-path", "empty"]),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) and value and value[0].startswith("--") else None,
+)
 def test_bad_export_argument(capsys, export_world, extra, fragments):
     run, base = export_world
     message = refused(capsys, export_main, ["--run", str(run), "--base-path", str(base), *extra])

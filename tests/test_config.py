@@ -3,10 +3,9 @@
 import pytest
 import yaml
 
+from conftest import REPO, text_config, write_config
 from tfsft.config import apply_overrides, dump_config, load_config, parse_override, validate
 from tfsft.errors import ConfigError
-
-from conftest import REPO, text_config, write_config
 
 
 def test_every_shipped_config_validates():
@@ -62,8 +61,11 @@ def test_split_fractions_must_leave_training_data(tmp_path, text_data):
 
 def test_gradual_schedule_must_start_at_zero(tmp_path, text_data):
     with pytest.raises(ConfigError, match="epoch 0"):
-        validate(text_config(text_data, tmp_path, freeze={"strategy": "gradual",
-                                                          "schedule": [{"epoch": 1, "trainable_units": 2}]}))
+        validate(
+            text_config(
+                text_data, tmp_path, freeze={"strategy": "gradual", "schedule": [{"epoch": 1, "trainable_units": 2}]}
+            )
+        )
 
 
 def test_resolved_config_round_trips(tmp_path, text_data):

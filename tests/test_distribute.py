@@ -27,14 +27,20 @@ sys.exit(main(["--config", sys.argv[1], *sys.argv[3:]]))
 """
 
 
-def train_in_subprocess(tmp_path: Path, raw: dict, devices: int = 1, env: dict | None = None,
-                        tag: str = "run") -> subprocess.Popen:
+def train_in_subprocess(
+    tmp_path: Path, raw: dict, devices: int = 1, env: dict | None = None, tag: str = "run"
+) -> subprocess.Popen:
     config_path = write_config(tmp_path, raw, f"{tag}.yaml")
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    return subprocess.Popen([sys.executable, str(driver), str(config_path), str(devices)], cwd=REPO,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(driver), str(config_path), str(devices)],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: int = 400) -> str:
@@ -55,11 +61,14 @@ def only_run(output_dir: Path, name: str) -> Path:
 def distributed_config(text_data, tmp_path, name, epochs=2, **overrides):
     # No dropout and a fixed shuffle: every strategy sees the same global batches, so only float summation order
     # differs. SGD keeps that difference from being amplified the way Adam's 1/sqrt(v) does near zero gradients.
-    return text_config(text_data, tmp_path, name=name,
-                       optimizer={"name": "sgd", "learning_rate": 0.02, "momentum": 0.5,
-                                  "clip": {"mode": "none"}},
-                       training={"epochs": epochs, "batch_size": 32, "early_stopping": {"enabled": False}},
-                       **overrides)
+    return text_config(
+        text_data,
+        tmp_path,
+        name=name,
+        optimizer={"name": "sgd", "learning_rate": 0.02, "momentum": 0.5, "clip": {"mode": "none"}},
+        training={"epochs": epochs, "batch_size": 32, "early_stopping": {"enabled": False}},
+        **overrides,
+    )
 
 
 def assert_same_training(reference: Path, other: Path):
@@ -86,17 +95,25 @@ def single_device_run(tmp_path_factory, text_data) -> Path:
     """The one-device reference run (2 epochs, fresh process) that every multi-replica test compares against:
     it is the same config for all of them, so it is trained once."""
     tmp_path = tmp_path_factory.mktemp("single_device")
-    finish(train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "single",
-                                                            distribute={"strategy": "default"}), tag="single"))
+    finish(
+        train_in_subprocess(
+            tmp_path,
+            distributed_config(text_data, tmp_path, "single", distribute={"strategy": "default"}),
+            tag="single",
+        )
+    )
     return only_run(tmp_path / "runs", "single")
 
 
 @pytest.mark.slow
 def test_mirrored_on_two_cpus_matches_one_device(tmp_path, text_data, single_device_run):
     out = tmp_path / "runs"
-    mirrored = train_in_subprocess(tmp_path, distributed_config(text_data, tmp_path, "mirrored",
-                                                                distribute={"strategy": "mirrored"}),
-                                   devices=2, tag="mirrored")
+    mirrored = train_in_subprocess(
+        tmp_path,
+        distributed_config(text_data, tmp_path, "mirrored", distribute={"strategy": "mirrored"}),
+        devices=2,
+        tag="mirrored",
+    )
     log = finish(mirrored)
     assert "MirroredStrategy (2 replicas)" in log, log[-2000:]
     assert_same_training(single_device_run, only_run(out, "mirrored"))
@@ -117,8 +134,15 @@ def test_two_workers_with_tf_config_match_one_worker(tmp_path, text_data, single
     out = tmp_path / "runs"
     raw = distributed_config(text_data, tmp_path, "workers", distribute={"strategy": "multi_worker"})
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    workers = [train_in_subprocess(tmp_path, raw, env={"TF_CONFIG": json.dumps(
-        {"cluster": cluster, "task": {"type": "worker", "index": i}})}, tag="workers") for i in range(2)]
+    workers = [
+        train_in_subprocess(
+            tmp_path,
+            raw,
+            env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+            tag="workers",
+        )
+        for i in range(2)
+    ]
     logs = [finish(w) for w in workers]
     assert "CollectiveAllReduceStrategy (2 replicas)" in logs[0]  # MultiWorkerMirroredStrategy, logs[0][-2000:]
     run = only_run(out, "workers")
@@ -143,10 +167,14 @@ def test_per_replica_batch_size_sets_the_global_batch(tmp_path, text_data):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_learns_with_a_float32_head(tmp_path, text_data, policy):
-    from tfsft.trainer import prepare, fit_and_evaluate
+    from tfsft.trainer import fit_and_evaluate, prepare
 
-    raw = text_config(text_data, tmp_path, distribute={"mixed_precision": policy},
-                      training={"epochs": 3, "early_stopping": {"enabled": False}})
+    raw = text_config(
+        text_data,
+        tmp_path,
+        distribute={"mixed_precision": policy},
+        training={"epochs": 3, "early_stopping": {"enabled": False}},
+    )
     try:
         prepared = prepare(validated(raw))
         model = prepared.model
@@ -189,8 +217,15 @@ def test_killed_two_worker_run_resumes_with_the_same_command(tmp_path, text_data
 
     def start_workers():
         cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-        return [train_in_subprocess(tmp_path, raw, env={"TF_CONFIG": json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": i}})}, tag="workers") for i in range(2)]
+        return [
+            train_in_subprocess(
+                tmp_path,
+                raw,
+                env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+                tag="workers",
+            )
+            for i in range(2)
+        ]
 
     workers = start_workers()
     deadline = time.time() + 300

@@ -26,12 +26,18 @@ def spread_texts(n: int, seed: int) -> list[tuple[str, str]]:
 def text_model(tmp_path):
     """An untrained tiny BERT classifier (distinct logits per text) and its modality, and 50 spread texts."""
     from tfsft.data import Records
-    from tfsft.model import build_model
     from tfsft.modalities import get_modality
+    from tfsft.model import build_model
 
-    config = validated({"name": "x", "task": {"modality": "text", "type": "classification"},
-                        "data": {"train": "unused.csv"}, "text": {"vocabulary": "learn", "max_length": 64},
-                        "model": {"backbone": TINY_BERT}})
+    config = validated(
+        {
+            "name": "x",
+            "task": {"modality": "text", "type": "classification"},
+            "data": {"train": "unused.csv"},
+            "text": {"vocabulary": "learn", "max_length": 64},
+            "model": {"backbone": TINY_BERT},
+        }
+    )
     rows = spread_texts(50, 3)
     records = Records({"text": [t for t, _ in rows]}, [label for _, label in rows], list(range(2, 52)), "inline")
     modality = get_modality(config)
@@ -80,7 +86,7 @@ def test_blocks_keep_the_records_of_each_run_of_batches(text_model):
     lengths = token_lengths(modality, records)
     order = modality.evaluation_order(records, block=16)
     for start in range(0, len(records), 16):
-        run = order[start:start + 16]
+        run = order[start : start + 16]
         assert sorted(run) == list(range(start, min(start + 16, len(records))))
         assert np.all(np.diff(lengths[run]) >= 0)
 
@@ -123,10 +129,18 @@ def test_tiny_run_metrics_and_worst_examples_match_file_order_evaluation(tmp_pat
     """metrics.json, worst examples and the validation metrics of fit equal those of a file-order evaluation."""
     from tfsft.trainer import fit_and_evaluate, prepare
 
-    paths = {split: str(write_csv(tmp_path / f"{split}.csv", spread_texts(n, seed)))
-             for split, n, seed in (("train", 192, 0), ("validation", 72, 1), ("test", 72, 2))}
-    config = validated(text_config(paths, tmp_path, text={"max_length": 48}, training={
-        "epochs": 2, "early_stopping": {"enabled": False, "restore_best": False}}))  # final weights = last epoch's
+    paths = {
+        split: str(write_csv(tmp_path / f"{split}.csv", spread_texts(n, seed)))
+        for split, n, seed in (("train", 192, 0), ("validation", 72, 1), ("test", 72, 2))
+    }
+    config = validated(
+        text_config(
+            paths,
+            tmp_path,
+            text={"max_length": 48},
+            training={"epochs": 2, "early_stopping": {"enabled": False, "restore_best": False}},
+        )
+    )  # final weights = last epoch's
     trained = prepare(config)
     result = fit_and_evaluate(trained, verbose=0)
     run = result.run_dir
@@ -135,8 +149,9 @@ def test_tiny_run_metrics_and_worst_examples_match_file_order_evaluation(tmp_pat
     monkeypatch.setattr(evaluation, "_SORTED", False)
     out = tmp_path / "file_order"
     out.mkdir()
-    file_order = evaluation.evaluate_records(model, modality, splits.test, targets["test"], config,
-                                             splits.classes.names, out)
+    file_order = evaluation.evaluate_records(
+        model, modality, splits.test, targets["test"], config, splits.classes.names, out
+    )
     assert_same_metrics(result.metrics["test"], file_order)
     expected_rows, got_rows = read_rows(out / "test_worst_examples.csv"), read_rows(run / "test_worst_examples.csv")
     assert [r["source_row"] for r in got_rows] == [r["source_row"] for r in expected_rows]

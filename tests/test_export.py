@@ -13,12 +13,11 @@ import keras
 import numpy as np
 import pytest
 
-from tfsft import export as export_module
-from tfsft.export import ExportError, export_run
-from tfsft.cli.predict import main as predict_main
-from tfsft.trainer import train
-
 from conftest import REPO, text_config, validated
+from tfsft import export as export_module
+from tfsft.cli.predict import main as predict_main
+from tfsft.export import ExportError, export_run
+from tfsft.trainer import train
 
 # Runs in a fresh interpreter: imports only tensorflow + tensorflow_text, as TF Serving would have.
 # One process answers every {signature: request} it is given: each TensorFlow import costs seconds.
@@ -47,9 +46,13 @@ def call_in_fresh_process(path, requests: dict, tmp_path) -> dict:
     """{signature: request} -> {signature: outputs}, all answered by one fresh TF-only process."""
     request_file = tmp_path / "request.json"
     request_file.write_text(json.dumps(requests))
-    result = subprocess.run([sys.executable, "-c", CLIENT, str(path), str(request_file)],
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT, str(path), str(request_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert json.loads(lines[-1]) == [], "the client process loaded KerasHub or tfsft"
@@ -68,8 +71,11 @@ def keras_probabilities(run_dir, modality_inputs):
 
 
 def digest(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +87,30 @@ def text_run(tmp_path_factory, text_data):
 def test_text_export_answers_raw_strings_like_the_keras_model(tmp_path, text_run):
     target = export_run(text_run, tmp_path / "saved_models", name="sentiment")
     assert target == tmp_path / "saved_models" / "sentiment" / "1"
-    for name in ("saved_model.pb", "variables", "assets.extra/classes.json", "assets.extra/config.yaml",
-                 "assets.extra/metrics.json", "assets.extra/model_card.md", "assets.extra/tf_serving_warmup_requests"):
+    for name in (
+        "saved_model.pb",
+        "variables",
+        "assets.extra/classes.json",
+        "assets.extra/config.yaml",
+        "assets.extra/metrics.json",
+        "assets.extra/model_card.md",
+        "assets.extra/tf_serving_warmup_requests",
+    ):
         assert (target / name).exists(), name
     config_text = (tmp_path / "saved_models" / "models.config").read_text()
-    assert 'name: "sentiment"' in config_text and "model_platform: \"tensorflow\"" in config_text
+    assert 'name: "sentiment"' in config_text and 'model_platform: "tensorflow"' in config_text
 
     texts = ["what a great wonderful crew", "the worst flight my bag is broken", "gate seat today"]
-    out = call_in_fresh_process(target, {"serving_default": {"text": [t.encode().hex() for t in texts]}},
-                                tmp_path)["serving_default"]
+    out = call_in_fresh_process(target, {"serving_default": {"text": [t.encode().hex() for t in texts]}}, tmp_path)[
+        "serving_default"
+    ]
     assert out["class_name"][:2] == ["positive", "negative"]
     assert len(out["top_k_class_names"][0]) == 2
 
     # The same texts through the training-time pipeline and the Keras model.
     from tfsft.data import Records
-    from tfsft.runs import load_run
     from tfsft.modalities import get_modality
+    from tfsft.runs import load_run
 
     config, classes, model = load_run(text_run)
     modality = get_modality(config)
@@ -153,9 +167,14 @@ def test_image_export_answers_jpeg_and_png_bytes(tmp_path, image_run, digit_data
     png = next(Path(digit_data["test"]).glob("digit_2/*.png"))
     pixels = tf.io.decode_png(png.read_bytes(), channels=3)
     jpeg = tf.io.encode_jpeg(pixels, quality=100).numpy()
-    answers = call_in_fresh_process(target, {
-        "serving_default": {"image_bytes": [png.read_bytes().hex(), jpeg.hex()]},
-        "serving_pixels": {"pixels": tf.cast(pixels, tf.float32)[None].numpy().tolist()}}, tmp_path)
+    answers = call_in_fresh_process(
+        target,
+        {
+            "serving_default": {"image_bytes": [png.read_bytes().hex(), jpeg.hex()]},
+            "serving_pixels": {"pixels": tf.cast(pixels, tf.float32)[None].numpy().tolist()},
+        },
+        tmp_path,
+    )
     out, pixels_out = answers["serving_default"], answers["serving_pixels"]
     assert set(out["class_name"]) <= {"digit_0", "digit_1", "digit_2"}
     expected = keras_probabilities(image_run, tf.cast(pixels, tf.float32)[None].numpy())
@@ -186,8 +205,13 @@ def test_sigkill_during_export_leaves_no_new_version(tmp_path, text_run):
     existing = export_run(text_run, base, name="k", verify=False)
     before = digest(existing)
     command = [sys.executable, "-m", "tfsft.export", "--run", str(text_run), "--base-path", str(base), "--name", "k"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     deadline = time.time() + 180
     while time.time() < deadline and not list((base / "k").glob(".tmp-*/saved_model.pb")):
         time.sleep(0.02)

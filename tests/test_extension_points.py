@@ -13,8 +13,9 @@ def test_a_modality_missing_a_contract_method_cannot_be_built(tmp_path, text_dat
     from tfsft.modalities.base import Modality
 
     config = validated(text_config(text_data, tmp_path))
-    everything_but_onnx = {name: (lambda *args: None) for name in Modality.__abstractmethods__
-                           if name != "onnx_preprocessing"}
+    everything_but_onnx = {
+        name: (lambda *args: None) for name in Modality.__abstractmethods__ if name != "onnx_preprocessing"
+    }
     partial = type("PartialModality", (Modality,), everything_but_onnx)
     with pytest.raises(TypeError, match="onnx_preprocessing"):
         partial(config)
@@ -33,8 +34,9 @@ def test_registered_modalities_read_their_sources_with_the_shared_label_parsing(
     (tmp_path / "texts.csv").write_text("text,label\ngood day,positive\nno label here,\nbad day,negative\n")
     readers = {
         "image": validated(image_config({**digit_data, "train": str(tmp_path / "images.csv")}, tmp_path)),
-        "text": validated(text_config({"train": str(tmp_path / "texts.csv"), "validation": None, "test": None},
-                                      tmp_path)),
+        "text": validated(
+            text_config({"train": str(tmp_path / "texts.csv"), "validation": None, "test": None}, tmp_path)
+        ),
     }
     for name, config in readers.items():
         modality = get_modality(config)
@@ -57,8 +59,11 @@ def test_exported_scores_are_the_scores_evaluation_reports(name):
     logits = (np.random.default_rng(0).normal(size=(6, 3)) * 6).astype(np.float32)
     if name == "regression":
         logits = logits[:, :1]
-    reference = {"classification": softmax(logits.astype(np.float64), axis=-1),
-                 "multilabel": expit(logits.astype(np.float64)), "regression": logits}[name]
+    reference = {
+        "classification": softmax(logits.astype(np.float64), axis=-1),
+        "multilabel": expit(logits.astype(np.float64)),
+        "regression": logits,
+    }[name]
     evaluated = task.activation(logits)
     np.testing.assert_allclose(evaluated, reference, rtol=1e-12, atol=1e-12)
     outputs = task.serving_outputs(tf.constant(logits), ["a", "b", "c"], 0.5, "|", 5)

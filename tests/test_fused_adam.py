@@ -8,10 +8,18 @@ def _train(optimizer_cls, **kwargs):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(50, 8),
-                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
-    model.compile(optimizer=optimizer_cls(learning_rate=1e-2, **kwargs),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Sequential(
+        [
+            keras.Input((5,), dtype="int32"),
+            keras.layers.Embedding(50, 8),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile(
+        optimizer=optimizer_cls(learning_rate=1e-2, **kwargs),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x = np.random.RandomState(1).randint(0, 50, (64, 5))  # the embedding's gradient is sparse (IndexedSlices)
     y = np.random.RandomState(2).randint(0, 3, 64)
     before = [w.numpy().copy() for w in model.weights]
@@ -19,8 +27,13 @@ def _train(optimizer_cls, **kwargs):
     return before, [w.numpy() for w in model.weights]
 
 
-@pytest.mark.parametrize("name,kwargs", [("AdamW", {"weight_decay": 0.1, "global_clipnorm": 1.0}),
-                                         ("Adam", {"beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("AdamW", {"weight_decay": 0.1, "global_clipnorm": 1.0}),
+        ("Adam", {"beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6}),
+    ],
+)
 def test_fused_update_matches_keras(name, kwargs):
     import keras
 

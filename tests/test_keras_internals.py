@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_installed_keras_is_the_minor_version_the_internals_were_checked_against():
     assert keras_internals.keras_minor() == keras_internals.CHECKED_AGAINST, (
         f"Keras {keras.__version__} is installed; tfsft's private-API overrides were checked against "
-        f"{keras_internals.CHECKED_AGAINST}. Re-read tfsft/keras_internals.py against it first.")
+        f"{keras_internals.CHECKED_AGAINST}. Re-read tfsft/keras_internals.py against it first."
+    )
 
 
 def test_the_pyproject_pin_allows_exactly_the_checked_minor_version():
@@ -31,8 +32,11 @@ def test_the_pyproject_pin_allows_exactly_the_checked_minor_version():
     assert high == f"{major}.{minor + 1}"
 
 
-@pytest.mark.parametrize("owner,name", keras_internals.PRIVATE_ATTRIBUTES,
-                         ids=[f"{o.__name__}.{n}" for o, n in keras_internals.PRIVATE_ATTRIBUTES])
+@pytest.mark.parametrize(
+    "owner,name",
+    keras_internals.PRIVATE_ATTRIBUTES,
+    ids=[f"{o.__name__}.{n}" for o, n in keras_internals.PRIVATE_ATTRIBUTES],
+)
 def test_private_method_exists(owner, name):
     assert callable(getattr(owner, name, None)), f"{owner.__name__}.{name} is gone from Keras {keras.__version__}"
 
@@ -54,5 +58,6 @@ def test_built_optimizer_has_the_private_state_the_overrides_use():
     assert isinstance(optimizer._learning_rate, keras.optimizers.schedules.ExponentialDecay)
     keras_internals.add_weight_decay_exclusions(optimizer, [bias])
     assert keras_internals.uses_weight_decay(optimizer, kernel) and not keras_internals.uses_weight_decay(
-        optimizer, bias)
+        optimizer, bias
+    )
     assert keras_internals.variable_key(optimizer, kernel) != keras_internals.variable_key(optimizer, bias)

@@ -60,8 +60,13 @@ class StepProbe(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         moved = {v.path: self._all[v.path] - v.numpy() for v in self.model.weights}
-        self.steps.append({"grad": {p: g for p, (_, g) in self._before.items()},
-                           "weight": {p: w for p, (w, _) in self._before.items()}, "moved": moved})
+        self.steps.append(
+            {
+                "grad": {p: g for p, (_, g) in self._before.items()},
+                "weight": {p: w for p, (w, _) in self._before.items()},
+                "moved": moved,
+            }
+        )
 
 
 def fit(model, epochs: int = 1, plan: FreezePlan | None = None) -> StepProbe:
@@ -96,8 +101,7 @@ def head_and_backbone(model, backbone):
 
 # ----------------------------------------------------------------------------------------- backbone_lr_factor
 def test_backbone_lr_factor_moves_the_backbone_ten_times_less_for_the_same_gradient():
-    model, backbone, _ = tiny_run({"name": "sgd", "momentum": 0.0, "weight_decay": 0.0},
-                                  {"backbone_lr_factor": 0.1})
+    model, backbone, _ = tiny_run({"name": "sgd", "momentum": 0.0, "weight_decay": 0.0}, {"backbone_lr_factor": 0.1})
     step = fit(model).steps[0]
     head, body = head_and_backbone(model, backbone)
     assert head and len(body) == 3
@@ -109,8 +113,7 @@ def test_backbone_lr_factor_moves_the_backbone_ten_times_less_for_the_same_gradi
 
 def test_decoupled_weight_decay_runs_at_each_variables_own_rate():
     decay = 0.2
-    model, backbone, _ = tiny_run({"name": "sgd", "momentum": 0.0, "weight_decay": decay},
-                                  {"backbone_lr_factor": 0.1})
+    model, backbone, _ = tiny_run({"name": "sgd", "momentum": 0.0, "weight_decay": decay}, {"backbone_lr_factor": 0.1})
     step = fit(model).steps[0]
     head, body = head_and_backbone(model, backbone)
     for path in head:  # w <- w - lr x decay x w - lr x g
@@ -122,20 +125,33 @@ def test_decoupled_weight_decay_runs_at_each_variables_own_rate():
 def test_backbone_lr_factor_in_the_trainers_own_optimizer(tmp_path, text_data):
     """The same, through `prepare` (the wiring a run uses): a tiny BERT, SGD, factor 0.1."""
     from conftest import text_config, validated
-
     from tfsft.trainer import prepare
 
     lr = 0.5  # large steps: weight - step loses fewer of the step's digits to float32 rounding
-    config = validated(text_config(text_data, tmp_path, optimizer={
-        "name": "sgd", "learning_rate": lr, "momentum": 0.0, "weight_decay": 0.0, "clip": {"mode": "none"}},
-        freeze={"backbone_lr_factor": 0.1}))
+    config = validated(
+        text_config(
+            text_data,
+            tmp_path,
+            optimizer={
+                "name": "sgd",
+                "learning_rate": lr,
+                "momentum": 0.0,
+                "weight_decay": 0.0,
+                "clip": {"mode": "none"},
+            },
+            freeze={"backbone_lr_factor": 0.1},
+        )
+    )
     p = prepare(config, "never")
     x, y = next(iter(p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=32)))
     variables = p.model.trainable_variables
     with tf.GradientTape() as tape:
         loss = p.model.loss(y, p.model(x, training=True))
-    grads = {v.path: tf.convert_to_tensor(g).numpy() for v, g in zip(variables, tape.gradient(loss, variables))
-             if g is not None}
+    grads = {
+        v.path: tf.convert_to_tensor(g).numpy()
+        for v, g in zip(variables, tape.gradient(loss, variables))
+        if g is not None
+    }
     before = {v.path: v.numpy() for v in variables}
     p.model.train_on_batch(x, y)
     step = {"grad": grads, "moved": {v.path: before[v.path] - v.numpy() for v in variables}}
@@ -147,11 +163,15 @@ def test_backbone_lr_factor_in_the_trainers_own_optimizer(tmp_path, text_data):
 
 # ----------------------------------------------------------------------------------------- gradual unfreezing
 def test_gradual_unfreezing_stage_factor_scales_the_update_of_the_right_variables():
-    schedule = [{"epoch": 0, "trainable_units": 0},
-                {"epoch": 1, "trainable_units": 1, "lr_factor": 0.5},
-                {"epoch": 2, "trainable_units": "all", "lr_factor": 0.25}]
-    model, backbone, plan = tiny_run({"name": "sgd", "momentum": 0.0, "weight_decay": 0.0},
-                                     {"strategy": "gradual", "schedule": schedule, "backbone_lr_factor": 0.5})
+    schedule = [
+        {"epoch": 0, "trainable_units": 0},
+        {"epoch": 1, "trainable_units": 1, "lr_factor": 0.5},
+        {"epoch": 2, "trainable_units": "all", "lr_factor": 0.25},
+    ]
+    model, backbone, plan = tiny_run(
+        {"name": "sgd", "momentum": 0.0, "weight_decay": 0.0},
+        {"strategy": "gradual", "schedule": schedule, "backbone_lr_factor": 0.5},
+    )
     steps = fit(model, epochs=3, plan=plan).steps
     head = "head_logits/kernel"
     top, below = "transformer_layer_1/kernel", ["transformer_layer_0/kernel", "embeddings/kernel"]
@@ -171,9 +191,15 @@ def test_gradual_unfreezing_stage_factor_scales_the_update_of_the_right_variable
 # ----------------------------------------------------------------------------------------- AdamW, fused
 def test_first_adamw_step_moves_each_weight_by_its_learning_rate_times_the_gradients_sign():
     lr = 1e-3
-    model, backbone, plan = tiny_run({"name": "adamw", "weight_decay": 0.0}, lr=lr,
-                                     freeze={"strategy": "gradual", "backbone_lr_factor": 0.1,
-                                             "schedule": [{"epoch": 0, "trainable_units": "all", "lr_factor": 0.5}]})
+    model, backbone, plan = tiny_run(
+        {"name": "adamw", "weight_decay": 0.0},
+        lr=lr,
+        freeze={
+            "strategy": "gradual",
+            "backbone_lr_factor": 0.1,
+            "schedule": [{"epoch": 0, "trainable_units": "all", "lr_factor": 0.5}],
+        },
+    )
     assert isinstance(model.optimizer, FusedAdamUpdate)  # the fused kernel (tests/test_fused_adam.py)
     step = fit(model, plan=plan).steps[0]
     head, body = head_and_backbone(model, backbone)

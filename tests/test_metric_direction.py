@@ -6,16 +6,51 @@ from tfsft.config import EarlyStoppingConfig, TuneConfig
 from tfsft.metric_direction import metric_direction, resolve_direction
 
 
-@pytest.mark.parametrize("name", ["loss", "val_loss", "mae", "val_mae", "mse", "val_mse", "rmse", "val_rmse",
-                                  "mean_absolute_error", "val_root_mean_squared_error", "categorical_crossentropy",
-                                  "val_f1_loss", "val_top_k"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "loss",
+        "val_loss",
+        "mae",
+        "val_mae",
+        "mse",
+        "val_mse",
+        "rmse",
+        "val_rmse",
+        "mean_absolute_error",
+        "val_root_mean_squared_error",
+        "categorical_crossentropy",
+        "val_f1_loss",
+        "val_top_k",
+    ],
+)
 def test_lower_is_better(name):
     assert metric_direction(name) == "min"
 
 
-@pytest.mark.parametrize("name", ["accuracy", "val_accuracy", "acc", "val_categorical_accuracy", "f1", "val_macro_f1",
-                                  "f1_score", "auc", "val_auc", "val_auc_1", "r2", "val_r2", "r2_score", "precision",
-                                  "val_precision", "recall", "val_recall", "val_Accuracy"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "accuracy",
+        "val_accuracy",
+        "acc",
+        "val_categorical_accuracy",
+        "f1",
+        "val_macro_f1",
+        "f1_score",
+        "auc",
+        "val_auc",
+        "val_auc_1",
+        "r2",
+        "val_r2",
+        "r2_score",
+        "precision",
+        "val_precision",
+        "recall",
+        "val_recall",
+        "val_Accuracy",
+    ],
+)
 def test_higher_is_better(name):
     assert metric_direction(name) == "max"
 

@@ -41,11 +41,20 @@ def logged_run(text_data, tmp_path_factory):
     from tfsft.trainer import train
 
     tmp = tmp_path_factory.mktemp("monitor")
-    config = text_config(text_data, tmp, schedule={"name": "linear", "warmup_steps": WARMUP},
-                         freeze={"strategy": "gradual", "backbone_lr_factor": BACKBONE_FACTOR,
-                                 "schedule": [{"epoch": 0, "trainable_units": 0},
-                                              {"epoch": 1, "trainable_units": "all", "lr_factor": STAGE_FACTOR}]},
-                         logging={"every_steps": 2, "validate_every_steps": 4})
+    config = text_config(
+        text_data,
+        tmp,
+        schedule={"name": "linear", "warmup_steps": WARMUP},
+        freeze={
+            "strategy": "gradual",
+            "backbone_lr_factor": BACKBONE_FACTOR,
+            "schedule": [
+                {"epoch": 0, "trainable_units": 0},
+                {"epoch": 1, "trainable_units": "all", "lr_factor": STAGE_FACTOR},
+            ],
+        },
+        logging={"every_steps": 2, "validate_every_steps": 4},
+    )
     return train(validated(config), verbose=0)
 
 
@@ -86,10 +95,13 @@ def test_applied_learning_rate_is_the_closed_form_schedule_times_factors(logged_
 
 def test_progress_lines_without_a_terminal(text_data, tmp_path):
     """Captured stdout is not a TTY: lines with step, loss, LR, ex/s and ETA appear during the epoch."""
-    config = text_config(text_data, tmp_path, training={"epochs": 1, "batch_size": 16,
-                                                         "early_stopping": {"enabled": False}},
-                         # Steps only: on a busy machine the first (tracing) step alone can outlast a time interval.
-                         logging={"progress": {"every_steps": 4, "every_seconds": 3600}})
+    config = text_config(
+        text_data,
+        tmp_path,
+        training={"epochs": 1, "batch_size": 16, "early_stopping": {"enabled": False}},
+        # Steps only: on a busy machine the first (tracing) step alone can outlast a time interval.
+        logging={"progress": {"every_steps": 4, "every_seconds": 3600}},
+    )
     result = run_cli("tfsft.train", "--config", str(write_config(tmp_path, config)))
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
@@ -104,8 +116,19 @@ def test_lr_find_suggests_a_rate_inside_its_sweep_and_leaves_no_run_directory(te
 
     config = text_config(text_data, tmp_path)
     output = tmp_path / "lr_test"
-    result = run_cli("tfsft.lr_find", "--config", str(write_config(tmp_path, config)), "--output", str(output),
-                     "--start", "1e-5", "--end", "10", "--steps", "40")
+    result = run_cli(
+        "tfsft.lr_find",
+        "--config",
+        str(write_config(tmp_path, config)),
+        "--output",
+        str(output),
+        "--start",
+        "1e-5",
+        "--end",
+        "10",
+        "--steps",
+        "40",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     suggested = float(result.stdout.split("Suggested learning rate (valley rule): ")[1].split()[0])
     with open(output / "lr_find.csv", newline="") as handle:

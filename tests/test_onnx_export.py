@@ -12,22 +12,25 @@ import pytest
 pytest.importorskip("tf2onnx")  # the optional `onnx` extra; CI without it skips this file
 onnxruntime = pytest.importorskip("onnxruntime")
 
+from conftest import run_cli, text_config, validated  # noqa: E402
 from tfsft import onnx_export  # noqa: E402
 from tfsft.errors import TfsftError  # noqa: E402
-from tfsft.export import ExportError, main as export_main  # noqa: E402
+from tfsft.export import ExportError  # noqa: E402
+from tfsft.export import main as export_main  # noqa: E402
 from tfsft.onnx_export import export_onnx  # noqa: E402
 from tfsft.runs import load_run  # noqa: E402
 from tfsft.trainer import train  # noqa: E402
-
-from conftest import run_cli, text_config, validated  # noqa: E402
 
 TOLERANCE = 1e-4
 SIDE_FILES = ("model.onnx", "classes.json", "preprocessing.json", "config.yaml", "export.json")
 
 
 def digest(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_onnx(target: Path, feed: dict) -> np.ndarray:
@@ -56,8 +59,11 @@ def test_text_onnx_answers_client_tokenized_inputs_like_keras(tmp_path, text_run
     assert pre["preprocessing_inside_model"] is False and pre["max_length"] == 32
     assert pre["tokenizer"]["kind"] == "BertTokenizer" and pre["tokenizer"]["lowercase"] is True
     assert pre["tokenizer"]["vocabulary_files"] == ["vocab.txt"]
-    assert {i["name"]: i["dtype"] for i in pre["inputs"]} == {"token_ids": "int32", "segment_ids": "int32",
-                                                              "padding_mask": "int32"}
+    assert {i["name"]: i["dtype"] for i in pre["inputs"]} == {
+        "token_ids": "int32",
+        "segment_ids": "int32",
+        "padding_mask": "int32",
+    }
     assert pre["outputs"][0]["name"] == "logits" and pre["outputs"][0]["shape"] == ["batch", 2]
     assert json.loads((target / "classes.json").read_text()) == ["negative", "positive"]
     assert json.loads((target / "export.json").read_text())["verification"]["max_abs_difference"] <= TOLERANCE
@@ -67,15 +73,23 @@ def test_text_onnx_answers_client_tokenized_inputs_like_keras(tmp_path, text_run
         texts = [row["text"] for row in csv.DictReader(handle)][:12]
     texts.append(" ".join(["wonderful crew at the gate today"] * 12))
     special = pre["special_tokens"]
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=str(target / "vocab.txt"),
-                                               lowercase=pre["tokenizer"]["lowercase"])
+    tokenizer = keras_hub.models.BertTokenizer(
+        vocabulary=str(target / "vocab.txt"), lowercase=pre["tokenizer"]["lowercase"]
+    )
     packer = keras_hub.layers.MultiSegmentPacker(
-        sequence_length=pre["max_length"], start_value=special["start"]["id"], end_value=special["end"]["id"],
-        pad_value=special["pad"]["id"], truncate="round_robin")
+        sequence_length=pre["max_length"],
+        start_value=special["start"]["id"],
+        end_value=special["end"]["id"],
+        pad_value=special["pad"]["id"],
+        truncate="round_robin",
+    )
     token_ids, segment_ids = packer(tokenizer(texts))
     token_ids, segment_ids = token_ids.numpy(), segment_ids.numpy()
-    feed = {"token_ids": token_ids, "segment_ids": segment_ids,
-            "padding_mask": (token_ids != special["pad"]["id"]).astype(np.int32)}
+    feed = {
+        "token_ids": token_ids,
+        "segment_ids": segment_ids,
+        "padding_mask": (token_ids != special["pad"]["id"]).astype(np.int32),
+    }
     got = run_onnx(target, feed)
 
     config, _, model = load_run(text_run)
@@ -105,9 +119,20 @@ def test_image_onnx_answers_float_pixels_like_keras(tmp_path, image_run, digit_d
 
     # Decode and resize as preprocessing.json says, one image per class.
     files = [next(Path(digit_data["test"]).glob(f"digit_{d}/*.png")) for d in range(3)]
-    pixels = np.stack([tf.round(tf.clip_by_value(tf.image.resize(
-        tf.cast(tf.io.decode_png(f.read_bytes(), channels=3), tf.float32), pre["size"], antialias=True),
-        0.0, 255.0)).numpy() for f in files]).astype(np.float32)
+    pixels = np.stack(
+        [
+            tf.round(
+                tf.clip_by_value(
+                    tf.image.resize(
+                        tf.cast(tf.io.decode_png(f.read_bytes(), channels=3), tf.float32), pre["size"], antialias=True
+                    ),
+                    0.0,
+                    255.0,
+                )
+            ).numpy()
+            for f in files
+        ]
+    ).astype(np.float32)
     got = run_onnx(target, {"image": pixels})
     _, _, model = load_run(image_run)
     np.testing.assert_allclose(got, np.asarray(model(pixels, training=False)), atol=TOLERANCE)
@@ -161,8 +186,9 @@ def test_no_verify_is_refused_for_onnx():
 
 
 def test_cli_exports_onnx_and_says_preprocessing_is_outside(tmp_path, text_run):
-    result = run_cli("tfsft.export", "--run", str(text_run), "--base-path", str(tmp_path), "--name", "cli",
-                     "--format", "onnx")
+    result = run_cli(
+        "tfsft.export", "--run", str(text_run), "--base-path", str(tmp_path), "--name", "cli", "--format", "onnx"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     target = tmp_path / "cli-onnx" / "1"
     assert f"Exported {target}" in result.stdout

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, keyword_texts, saved_weights, text_config, validated, write_config, write_csv
 
+from conftest import REPO, keyword_texts, saved_weights, text_config, validated, write_config, write_csv
 from tfsft import calibration
 from tfsft.errors import ConfigError
 from tfsft.freezing import Stage
@@ -22,9 +22,13 @@ from tfsft.trainer import fit_and_evaluate, prepare, train
 
 def sgd_config(text_data, tmp_path, name, lr=0.05, **overrides):
     # Plain SGD without momentum, decay or clipping: an update is exactly lr x multiplier x gradient.
-    return text_config(text_data, tmp_path, name=name,
-                       optimizer={"name": "sgd", "learning_rate": lr, "momentum": 0.0, "weight_decay": 0.0,
-                                  "clip": {"mode": "none"}}, **overrides)
+    return text_config(
+        text_data,
+        tmp_path,
+        name=name,
+        optimizer={"name": "sgd", "learning_rate": lr, "momentum": 0.0, "weight_decay": 0.0, "clip": {"mode": "none"}},
+        **overrides,
+    )
 
 
 NO_DATA = {"train": "x.csv", "validation": None, "test": None}  # config validation never reads the files
@@ -41,9 +45,19 @@ def test_huge_alpha_keeps_the_backbone_at_w0_while_the_head_learns(tmp_path, tex
     # term dominates each backbone gradient and turns every step away from w0 straight back, so the backbone only
     # jitters within ~one step (LR 3e-3 x backbone factor 0.1) of w0, while plain training drifts step after step.
     for name, regularization in (("plain", anchor("none")), ("anchored", anchor(alpha=1e4))):
-        p = prepare(validated(text_config(text_data, tmp_path, name=name, regularization=regularization,
-                                          freeze={"backbone_lr_factor": 0.1},
-                                          training={"epochs": 2, "early_stopping": {"enabled": False}})), "never")
+        p = prepare(
+            validated(
+                text_config(
+                    text_data,
+                    tmp_path,
+                    name=name,
+                    regularization=regularization,
+                    freeze={"backbone_lr_factor": 0.1},
+                    training={"epochs": 2, "early_stopping": {"enabled": False}},
+                )
+            ),
+            "never",
+        )
         w0 = [w.numpy() for w in p.backbone.trainable_weights]
         head0 = p.model.get_layer("head_logits").kernel.numpy()
         result = fit_and_evaluate(p, verbose=0)
@@ -61,9 +75,15 @@ def test_alpha_zero_reproduces_plain_fine_tuning_bit_for_bit(tmp_path, text_data
     # AdamW with weight decay: an anchor that switched decay off (or touched the loss) would change the weights.
     runs = {}
     for name, regularization in (("plain", anchor("none")), ("zero", anchor(alpha=0.0))):
-        config = validated(text_config(text_data, tmp_path, name=name, regularization=regularization,
-                                       training={"epochs": 1, "steps_per_epoch": 4,
-                                                 "early_stopping": {"enabled": False}}))
+        config = validated(
+            text_config(
+                text_data,
+                tmp_path,
+                name=name,
+                regularization=regularization,
+                training={"epochs": 1, "steps_per_epoch": 4, "early_stopping": {"enabled": False}},
+            )
+        )
         runs[name] = saved_weights(train(config, resume="never", verbose=0).run_dir)
     assert runs["plain"].keys() == runs["zero"].keys()
     for key, value in runs["plain"].items():
@@ -73,9 +93,15 @@ def test_alpha_zero_reproduces_plain_fine_tuning_bit_for_bit(tmp_path, text_data
 def test_feature_anchor_stays_out_of_checkpoints_and_the_saved_model(tmp_path, text_data):
     names = {}
     for name, regularization in (("plain", anchor("none")), ("features", anchor("features", alpha=1.0, beta=0.1))):
-        config = validated(text_config(text_data, tmp_path, name=name, regularization=regularization,
-                                       training={"epochs": 1, "steps_per_epoch": 3,
-                                                 "early_stopping": {"enabled": False}}))
+        config = validated(
+            text_config(
+                text_data,
+                tmp_path,
+                name=name,
+                regularization=regularization,
+                training={"epochs": 1, "steps_per_epoch": 3, "early_stopping": {"enabled": False}},
+            )
+        )
         result = train(config, resume="never", verbose=0)
         assert name == "plain" or result.history[0]["loss_anchor"] > 0
         checkpoint = tf.train.latest_checkpoint(str(result.run_dir / "checkpoints" / "last"))
@@ -85,12 +111,21 @@ def test_feature_anchor_stays_out_of_checkpoints_and_the_saved_model(tmp_path, t
 
 @pytest.mark.parametrize("kind", ["l2sp", "features"])
 def test_anchor_follows_gradual_unfreezing_under_mixed_precision_and_accumulation(tmp_path, text_data, kind):
-    config = validated(text_config(
-        text_data, tmp_path, name=kind, regularization=anchor(kind, alpha=1.0),
-        freeze={"strategy": "gradual", "schedule": [{"epoch": 0, "trainable_units": 0},
-                                                    {"epoch": 1, "trainable_units": "all"}]},
-        distribute={"mixed_precision": "mixed_float16"}, optimizer={"gradient_accumulation_steps": 2},
-        training={"epochs": 2, "steps_per_epoch": 4, "early_stopping": {"enabled": False}}))
+    config = validated(
+        text_config(
+            text_data,
+            tmp_path,
+            name=kind,
+            regularization=anchor(kind, alpha=1.0),
+            freeze={
+                "strategy": "gradual",
+                "schedule": [{"epoch": 0, "trainable_units": 0}, {"epoch": 1, "trainable_units": "all"}],
+            },
+            distribute={"mixed_precision": "mixed_float16"},
+            optimizer={"gradient_accumulation_steps": 2},
+            training={"epochs": 2, "steps_per_epoch": 4, "early_stopping": {"enabled": False}},
+        )
+    )
     history = train(config, resume="never", verbose=0).history
     assert history[0]["loss_anchor"] == 0.0  # backbone frozen: nothing to anchor, nothing computed
     assert 0.0 < history[1]["loss_anchor"] < 1.0 and np.isfinite(history[1]["loss"])
@@ -106,13 +141,22 @@ def test_l2sp_config_is_validated():
 @pytest.mark.slow
 def test_anchor_after_sigkill_and_resume_is_the_original_pretrained_weights(tmp_path, text_data):
     alpha = 0.5
-    config = sgd_config(text_data, tmp_path, "anchored", regularization=anchor(alpha=alpha),
-                        training={"epochs": 3, "batch_size": 16, "checkpoint_every_steps": 3,
-                                  "early_stopping": {"enabled": False}})
+    config = sgd_config(
+        text_data,
+        tmp_path,
+        "anchored",
+        regularization=anchor(alpha=alpha),
+        training={"epochs": 3, "batch_size": 16, "checkpoint_every_steps": 3, "early_stopping": {"enabled": False}},
+    )
     path = write_config(tmp_path, config)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "tfsft.train", "--config", str(path)], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tfsft.train", "--config", str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         if [p for p in (tmp_path / "runs").rglob("checkpoints/last/ckpt-*.index") if int(p.stem.split("-")[1]) > 16]:
@@ -147,8 +191,13 @@ def test_anchor_under_mirrored_strategy_matches_one_device(tmp_path, text_data, 
 
     runs = {}
     for name, devices, strategy in (("single", 1, "default"), ("mirrored", 2, "mirrored")):
-        raw = distributed_config(text_data, tmp_path, name, regularization=anchor(kind, alpha=0.5, beta=0.05),
-                                 distribute={"strategy": strategy})
+        raw = distributed_config(
+            text_data,
+            tmp_path,
+            name,
+            regularization=anchor(kind, alpha=0.5, beta=0.05),
+            distribute={"strategy": strategy},
+        )
         log = finish(train_in_subprocess(tmp_path, raw, devices=devices, tag=name))
         assert "Pretrained anchor" in log
         runs[name] = only_run(tmp_path / "runs", name)
@@ -162,8 +211,16 @@ def test_anchor_under_mirrored_strategy_matches_one_device(tmp_path, text_data, 
 # ----------------------------------------------------------------------------------------- layer-wise LR decay
 def test_layerwise_lr_decay_sets_each_units_learning_rate_in_the_actual_update(tmp_path, text_data):
     lr, decay, factor, stage = 0.1, 0.5, 0.8, 0.5
-    config = validated(sgd_config(text_data, tmp_path, "llrd", lr=lr, schedule={"name": "constant"},
-                                  freeze={"layerwise_lr_decay": decay, "backbone_lr_factor": factor}))
+    config = validated(
+        sgd_config(
+            text_data,
+            tmp_path,
+            "llrd",
+            lr=lr,
+            schedule={"name": "constant"},
+            freeze={"layerwise_lr_decay": decay, "backbone_lr_factor": factor},
+        )
+    )
     p = prepare(config, "never")
     set_stage(p.model.optimizer, Stage("all", stage))  # what gradual unfreezing sets: it composes
     x, y = next(iter(p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=32)))
@@ -186,7 +243,7 @@ def test_layerwise_lr_decay_sets_each_units_learning_rate_in_the_actual_update(t
         unit_vars = [v for v in unit.weights() if id(v) in gradients and np.abs(before[id(v)]).size > 1]
         assert unit_vars, unit.name
         for v in unit_vars[:3]:
-            assert measured(v) == pytest.approx(stage * factor * decay ** depth, rel=1e-3), (unit.name, v.path)
+            assert measured(v) == pytest.approx(stage * factor * decay**depth, rel=1e-3), (unit.name, v.path)
     assert measured(p.model.get_layer("head_logits").kernel) == pytest.approx(stage, rel=1e-3)
 
 
@@ -231,11 +288,11 @@ def test_expected_calibration_error_of_known_cases():
 
 def test_calibrate_needs_class_probabilities_and_a_validation_split(tmp_path):
     with pytest.raises(ConfigError, match="regression"):
-        validated(text_config(NO_DATA, tmp_path, task={"type": "regression"},
-                              evaluation={"calibrate": "temperature"}))
+        validated(text_config(NO_DATA, tmp_path, task={"type": "regression"}, evaluation={"calibrate": "temperature"}))
     with pytest.raises(ConfigError, match="validation"):
-        validated(text_config(NO_DATA, tmp_path, data={"split": {"validation": 0.0}},
-                              evaluation={"calibrate": "temperature"}))
+        validated(
+            text_config(NO_DATA, tmp_path, data={"split": {"validation": 0.0}}, evaluation={"calibrate": "temperature"})
+        )
 
 
 CLIENT = r"""
@@ -253,18 +310,27 @@ print(json.dumps({"probabilities": out["probabilities"].numpy().tolist(),
 def test_calibrated_run_reports_and_exports_calibrated_probabilities(tmp_path, text_data):
     from tfsft.data import Records
     from tfsft.export import export_run
-    from tfsft.runs import load_run
     from tfsft.modalities import get_modality
+    from tfsft.runs import load_run
 
     # Every 4th validation/test label flipped: the fitted temperature moves well away from 1 (a model that is
     # always right would only be sharpened towards certainty, leaving nothing measurable to compare).
     noisy = dict(text_data)
     for split, seed in (("validation", 1), ("test", 2)):
-        rows = [(text, {"positive": "negative", "negative": "positive"}[label] if i % 4 == 0 else label)
-                for i, (text, label) in enumerate(keyword_texts(64, seed))]
+        rows = [
+            (text, {"positive": "negative", "negative": "positive"}[label] if i % 4 == 0 else label)
+            for i, (text, label) in enumerate(keyword_texts(64, seed))
+        ]
         noisy[split] = str(write_csv(tmp_path / f"noisy_{split}.csv", rows))
-    config = validated(text_config(noisy, tmp_path, evaluation={"calibrate": "temperature"},
-                                   optimizer={"learning_rate": 1e-2}, training={"epochs": 4}))
+    config = validated(
+        text_config(
+            noisy,
+            tmp_path,
+            evaluation={"calibrate": "temperature"},
+            optimizer={"learning_rate": 1e-2},
+            training={"epochs": 4},
+        )
+    )
     run_dir = train(config, resume="never", verbose=0).run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     fitted = metrics["calibration"]
@@ -277,8 +343,13 @@ def test_calibrated_run_reports_and_exports_calibrated_probabilities(tmp_path, t
 
     target = export_run(run_dir, tmp_path / "saved_models")
     texts = ["what a great wonderful crew", "the worst flight my bag is broken", "gate seat today happy"]
-    result = subprocess.run([sys.executable, "-c", CLIENT, str(target), json.dumps(texts)], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT, str(target), json.dumps(texts)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     served = json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -293,6 +364,7 @@ def test_calibrated_run_reports_and_exports_calibrated_probabilities(tmp_path, t
     def softmax(z):
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+
     np.testing.assert_allclose(served["probabilities"], softmax(logits / temperature), atol=1e-5)
     assert np.max(np.abs(np.array(served["probabilities"]) - softmax(logits))) > 1e-3
     assert served["class_id"] == logits.argmax(axis=1).tolist()

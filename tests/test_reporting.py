@@ -16,12 +16,9 @@ NAMES = ["cat", "dog", "bird"]
 # true:      cat  cat  dog  dog  bird bird
 # predicted: cat  dog  dog  dog  bird cat
 TRUE = [0, 0, 1, 1, 2, 2]
-PROBS = np.array([[0.7, 0.2, 0.1],
-                  [0.3, 0.6, 0.1],
-                  [0.1, 0.8, 0.1],
-                  [0.2, 0.5, 0.3],
-                  [0.1, 0.1, 0.8],
-                  [0.9, 0.08, 0.02]])
+PROBS = np.array(
+    [[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.9, 0.08, 0.02]]
+)
 ONE_HOT = np.eye(3)[TRUE]
 
 
@@ -55,8 +52,7 @@ def test_classification_metrics_match_hand_computation():
 
 
 def test_classification_keeps_absent_classes_and_skips_top2_for_binary():
-    m = reporting.compute_metrics("classification", np.eye(2)[[0, 0]], np.array([[0.9, 0.1], [0.8, 0.2]]),
-                                  ["a", "b"])
+    m = reporting.compute_metrics("classification", np.eye(2)[[0, 0]], np.array([[0.9, 0.1], [0.8, 0.2]]), ["a", "b"])
     assert m["confusion_matrix"] == [[2, 0], [0, 0]]
     assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert "top_2_accuracy" not in m
@@ -78,8 +74,9 @@ def test_multilabel_metrics():
     assert m["macro_auc"] == pytest.approx((1.0 + 0.75) / 2)
     assert m["threshold"] == 0.5
     # A higher threshold turns the 0.6 false positive off.
-    assert reporting.compute_metrics("multilabel", truth, scores, ["a", "b"], threshold=0.65)["hamming_loss"] \
-        == pytest.approx(1 / 8)
+    assert reporting.compute_metrics("multilabel", truth, scores, ["a", "b"], threshold=0.65)[
+        "hamming_loss"
+    ] == pytest.approx(1 / 8)
 
 
 def test_multilabel_auc_is_none_when_no_class_has_both_outcomes():
@@ -107,17 +104,28 @@ def test_worst_examples_orders_by_loss(tmp_path):
     describe = [{"text": f"example {i}"} for i in range(6)]
     rows = reporting.worst_examples("classification", ONE_HOT, PROBS, NAMES, describe, k=3)
     assert [r["index"] for r in rows] == [5, 1, 3]  # true-class probabilities 0.02, 0.3, 0.5
-    assert rows[0] == {"text": "example 5", "index": 5, "true": "bird", "predicted": "cat", "confidence": 0.9,
-                       "loss": pytest.approx(-math.log(0.02), abs=1e-6)}
+    assert rows[0] == {
+        "text": "example 5",
+        "index": 5,
+        "true": "bird",
+        "predicted": "cat",
+        "confidence": 0.9,
+        "loss": pytest.approx(-math.log(0.02), abs=1e-6),
+    }
 
     truth = np.array([[1, 0], [0, 1]], dtype=float)
-    rows = reporting.worst_examples("multilabel", truth, np.array([[0.9, 0.1], [0.6, 0.55]]), ["a", "b"],
-                                    [{"path": "x.png"}, {"path": "y.png"}], k=5)
+    rows = reporting.worst_examples(
+        "multilabel",
+        truth,
+        np.array([[0.9, 0.1], [0.6, 0.55]]),
+        ["a", "b"],
+        [{"path": "x.png"}, {"path": "y.png"}],
+        k=5,
+    )
     assert [r["index"] for r in rows] == [1, 0]
     assert rows[0]["true"] == "b" and rows[0]["predicted"] == "a|b" and "confidence" not in rows[0]
 
-    rows = reporting.worst_examples("regression", np.array([[1.0], [2.0]]), np.array([[1.5], [0.0]]), [],
-                                    [{}, {}], k=1)
+    rows = reporting.worst_examples("regression", np.array([[1.0], [2.0]]), np.array([[1.5], [0.0]]), [], [{}, {}], k=1)
     assert rows == [{"index": 1, "true": 2.0, "predicted": 0.0, "loss": 2.0}]
 
 
@@ -130,9 +138,11 @@ def test_write_csv_uses_union_of_keys_in_first_seen_order(tmp_path):
 
 
 def test_plots_write_png(tmp_path):
-    history = [{"loss": 1.0, "val_loss": 1.1, "accuracy": 0.5, "val_accuracy": 0.4, "learning_rate": 1e-3},
-               {"loss": 0.6, "val_loss": 0.8, "accuracy": 0.7, "val_accuracy": 0.6, "learning_rate": 5e-4},
-               {"loss": 0.4, "accuracy": 0.8, "learning_rate": 0.0}]
+    history = [
+        {"loss": 1.0, "val_loss": 1.1, "accuracy": 0.5, "val_accuracy": 0.4, "learning_rate": 1e-3},
+        {"loss": 0.6, "val_loss": 0.8, "accuracy": 0.7, "val_accuracy": 0.6, "learning_rate": 5e-4},
+        {"loss": 0.4, "accuracy": 0.8, "learning_rate": 0.0},
+    ]
     reporting.plot_history(history, tmp_path / "history.png")
     # A single epoch with only some keys (regression, no validation, LR logged as null) still draws.
     reporting.plot_history([{"loss": 0.3, "mae": 0.2, "learning_rate": None}], tmp_path / "single.png")
@@ -149,8 +159,15 @@ def test_plots_write_png(tmp_path):
 def test_report_contains_metrics_tables_and_links():
     metrics = reporting.compute_metrics("classification", ONE_HOT, PROBS, NAMES)
     history = [{"loss": 1.0, "val_loss": 1.2, "accuracy": 0.5, "val_accuracy": 0.4, "learning_rate": 2e-5}]
-    report = reporting.render_report("demo", metrics, {"backbone": "bert_tiny", "epochs": 3}, history,
-                                     ["validation loss rose for 2 epochs"], ["plots/history.png"], bad_records=2)
+    report = reporting.render_report(
+        "demo",
+        metrics,
+        {"backbone": "bert_tiny", "epochs": 3},
+        history,
+        ["validation loss rose for 2 epochs"],
+        ["plots/history.png"],
+        bad_records=2,
+    )
     assert report.startswith("# Run report: demo")
     assert all(name in report for name in NAMES)
     assert "| accuracy | 0.6667 |" in report and "| macro_f1 | 0.6556 |" in report

@@ -12,12 +12,15 @@ def cpu(*flags, machine="x86_64"):
     return CpuInfo(model="test CPU", flags=frozenset(flags), machine=machine)
 
 
-@pytest.mark.parametrize("info,expected", [
-    (cpu("avx", "avx2", "fma"), "on"),                                  # AVX2-only: TF alone would stay on Eigen
-    (cpu("avx2", "fma", "avx512f", "avx512bw"), "on"),                  # AVX-512 without VNNI: likewise
-    (cpu("avx", "sse4_2"), "TensorFlow's default"),                     # no AVX2: leave TF alone
-    (cpu("asimd", machine="aarch64"), "TensorFlow's default"),          # ARM: TF decides
-])
+@pytest.mark.parametrize(
+    "info,expected",
+    [
+        (cpu("avx", "avx2", "fma"), "on"),  # AVX2-only: TF alone would stay on Eigen
+        (cpu("avx2", "fma", "avx512f", "avx512bw"), "on"),  # AVX-512 without VNNI: likewise
+        (cpu("avx", "sse4_2"), "TensorFlow's default"),  # no AVX2: leave TF alone
+        (cpu("asimd", machine="aarch64"), "TensorFlow's default"),  # ARM: TF decides
+    ],
+)
 def test_onednn_choice_by_cpu(info, expected):
     environ = {}
     choice = _onednn_choice(info, environ)
@@ -37,10 +40,17 @@ def test_a_users_setting_wins(value, expected):
 def test_importing_tfsft_before_tensorflow_switches_onednn_on_for_avx2():
     if cpu_info().isa == "older" or cpu_info().machine != "x86_64":
         pytest.skip(f"the choice only applies to x86-64 AVX2 CPUs; this one is {cpu_info().describe()}")
-    probe = ("import os; os.environ.pop('TF_ENABLE_ONEDNN_OPTS', None); import tfsft, tensorflow; "
-             "from tfsft.runtime import onednn_active; print('active', onednn_active())")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
-                         env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
+    probe = (
+        "import os; os.environ.pop('TF_ENABLE_ONEDNN_OPTS', None); import tfsft, tensorflow; "
+        "from tfsft.runtime import onednn_active; print('active', onednn_active())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
+    )
     assert "active True" in out.stdout, out.stderr[-2000:]
 
 

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from servables import png_b64
 from tfsft.cli.serve import main
 from tfsft.serving import ModelRegistry, format_response, make_app
-
-from servables import png_b64
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +34,7 @@ def registry(serving_registry):
 
 def call(registry, method, path, body=None, raw=None, **app_options):
     """One HTTP request against a fresh app on `registry`; returns (status, parsed JSON, raw text)."""
+
     async def go():
         async with TestClient(TestServer(make_app(registry, **app_options))) as client:
             data = raw if raw is not None else (json.dumps(body) if body is not None else None)
@@ -42,25 +42,29 @@ def call(registry, method, path, body=None, raw=None, **app_options):
             text = await response.text()
             assert response.content_type == "application/json"
             return response.status, json.loads(text), text
+
     return asyncio.run(go())
 
 
 # ----------------------------------------------------------------------------------------- predict formats
 def test_row_format_multi_output(registry):
-    status, body, text = call(registry, "POST", "/v1/models/text:predict",
-                              {"instances": ["hi", "a much longer text"]})
+    status, body, text = call(registry, "POST", "/v1/models/text:predict", {"instances": ["hi", "a much longer text"]})
     assert status == 200
-    assert body == {"predictions": [
-        {"probabilities": [0.75, 0.25], "class_id": 0, "class_name": "SHORT"},
-        {"probabilities": [0.0, 1.0], "class_id": 1, "class_name": "LONG"}]}
+    assert body == {
+        "predictions": [
+            {"probabilities": [0.75, 0.25], "class_id": 0, "class_name": "SHORT"},
+            {"probabilities": [0.0, 1.0], "class_id": 1, "class_name": "LONG"},
+        ]
+    }
     assert "[0.0,1.0]" in text  # whole floats keep their decimal point, as TF Serving writes them
 
 
 def test_row_format_named_instances_single_and_multi_input(registry):
     status, body, _ = call(registry, "POST", "/v1/models/text:predict", {"instances": [{"text": "hi"}]})
     assert status == 200 and body["predictions"][0]["class_name"] == "SHORT"
-    status, body, _ = call(registry, "POST", "/v1/models/pair:predict",
-                           {"instances": [{"a": [1, 2], "b": 3}, {"a": [0, 0], "b": 0.5}]})
+    status, body, _ = call(
+        registry, "POST", "/v1/models/pair:predict", {"instances": [{"a": [1, 2], "b": 3}, {"a": [0, 0], "b": 0.5}]}
+    )
     assert status == 200 and body == {"predictions": [6.0, 0.5]}  # one output: bare values per instance
 
 
@@ -68,17 +72,20 @@ def test_columnar_format(registry):
     expected = {"outputs": {"probabilities": [[0.75, 0.25]], "class_id": [0], "class_name": ["SHORT"]}}
     assert call(registry, "POST", "/v1/models/text:predict", {"inputs": ["hi"]})[:2] == (200, expected)
     assert call(registry, "POST", "/v1/models/text:predict", {"inputs": {"text": ["hi"]}})[:2] == (200, expected)
-    status, body, _ = call(registry, "POST", "/v1/models/pair:predict",
-                           {"inputs": {"a": [[1, 1], [2, 2]], "b": [1, 0]}})
+    status, body, _ = call(
+        registry, "POST", "/v1/models/pair:predict", {"inputs": {"a": [[1, 1], [2, 2]], "b": [1, 0]}}
+    )
     assert status == 200 and body == {"outputs": [3.0, 4.0]}  # one output: its value, not an object
 
 
 def test_signature_name_selects_signature(registry):
-    status, body, _ = call(registry, "POST", "/v1/models/text:predict",
-                           {"signature_name": "lengths", "instances": ["abc", "hello"]})
+    status, body, _ = call(
+        registry, "POST", "/v1/models/text:predict", {"signature_name": "lengths", "instances": ["abc", "hello"]}
+    )
     assert status == 200 and body == {"predictions": [3, 5]}
-    status, body, _ = call(registry, "POST", "/v1/models/text:predict",
-                           {"signature_name": "lengths", "inputs": ["abc"]})
+    status, body, _ = call(
+        registry, "POST", "/v1/models/text:predict", {"signature_name": "lengths", "inputs": ["abc"]}
+    )
     assert status == 200 and body == {"outputs": [3]}
 
 
@@ -88,17 +95,18 @@ def test_b64_input_is_decoded_and_bytes_output_is_b64(registry):
     assert status == 200
     assert body == {"predictions": [{"mean": 100.0, "thumbnail_bytes": {"b64": encoded}}]}
     unpadded = encoded.rstrip("=")  # accepted like absl::Base64Unescape does
-    status, body, _ = call(registry, "POST", "/v1/models/image:predict",
-                           {"inputs": {"image_bytes": [{"b64": unpadded}]}})
+    status, body, _ = call(
+        registry, "POST", "/v1/models/image:predict", {"inputs": {"image_bytes": [{"b64": unpadded}]}}
+    )
     assert status == 200 and body["outputs"]["mean"] == [100.0]
 
 
 def test_float_formatting_matches_tf_serving():
     values = np.array([0.1, 1 / 3, 2.0, 1e-5, 1e6, -0.0, np.nan, np.inf, -np.inf], np.float32)
     assert format_response({"x": values}, row_format=False) == (
-        '{"outputs":[0.1,0.333333343,2.0,1e-05,1e+06,-0.0,NaN,Infinity,-Infinity]}')
-    text = format_response({"x": np.array([0.1], np.float64), "name": np.array([b"\xff"], object)},
-                           row_format=True)
+        '{"outputs":[0.1,0.333333343,2.0,1e-05,1e+06,-0.0,NaN,Infinity,-Infinity]}'
+    )
+    text = format_response({"x": np.array([0.1], np.float64), "name": np.array([b"\xff"], object)}, row_format=True)
     assert text == '{"predictions":[{"name":{"b64":"/w=="},"x":0.1}]}'  # undecodable strings go base64
 
 
@@ -109,8 +117,12 @@ AVAILABLE = {"error_code": "OK", "error_message": ""}
 def test_model_status(registry):
     status, body, _ = call(registry, "GET", "/v1/models/text")
     assert status == 200
-    assert body == {"model_version_status": [{"version": "2", "state": "AVAILABLE", "status": AVAILABLE},
-                                             {"version": "1", "state": "AVAILABLE", "status": AVAILABLE}]}
+    assert body == {
+        "model_version_status": [
+            {"version": "2", "state": "AVAILABLE", "status": AVAILABLE},
+            {"version": "1", "state": "AVAILABLE", "status": AVAILABLE},
+        ]
+    }
     status, body, _ = call(registry, "GET", "/v1/models/text/versions/1")
     assert status == 200
     assert body == {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": AVAILABLE}]}
@@ -124,10 +136,13 @@ def test_metadata(registry):
     assert set(signature_defs) == {"serving_default", "__saved_model_init_op"}  # TF Serving lists both
     serving = signature_defs["serving_default"]
     vector = {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False}
-    assert serving["inputs"] == {"image_bytes": {"dtype": "DT_STRING", "tensor_shape": vector,
-                                                 "name": "serving_default_image_bytes:0"}}
+    assert serving["inputs"] == {
+        "image_bytes": {"dtype": "DT_STRING", "tensor_shape": vector, "name": "serving_default_image_bytes:0"}
+    }
     assert {k: (v["dtype"], v["tensor_shape"]) for k, v in serving["outputs"].items()} == {
-        "mean": ("DT_FLOAT", vector), "thumbnail_bytes": ("DT_STRING", vector)}
+        "mean": ("DT_FLOAT", vector),
+        "thumbnail_bytes": ("DT_STRING", vector),
+    }
     assert serving["method_name"] == "tensorflow/serving/predict"
     status, body, _ = call(registry, "GET", "/v1/models/text/versions/1/metadata")
     assert status == 200 and body["model_spec"]["version"] == "1"
@@ -160,8 +175,9 @@ model_config_list {
     labelled = ModelRegistry(model_config_file=config)  # base_path is relative to the config's folder
     labelled.refresh()
     status, body, _ = call(labelled, "GET", "/v1/models/text/labels/stable")
-    assert status == 200 and body == {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                                                "status": AVAILABLE}]}
+    assert status == 200 and body == {
+        "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": AVAILABLE}]
+    }
     status, body, _ = call(labelled, "POST", "/v1/models/text/labels/stable:predict", {"instances": ["hi"]})
     assert status == 200 and body["predictions"][0]["class_name"] == "short"
     status, body, _ = call(labelled, "GET", "/v1/models/text/labels/canary/metadata")
@@ -180,6 +196,7 @@ def test_new_version_is_served_without_restart(base, tmp_path):
 
     async def go():
         async with TestClient(TestServer(make_app(registry, poll_seconds=0.05))) as client:
+
             async def versions():
                 body = await (await client.get("/v1/models/pair")).json()
                 return [v["version"] for v in body["model_version_status"]]
@@ -217,51 +234,109 @@ def test_broken_version_is_reported_not_fatal(base, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- errors
-NUMBER_FOR_STRING = "Failed to process element: 0 key: text of 'instances' list. Error: INVALID_ARGUMENT: " \
-                  "JSON Value: 1 Type: Number is not of expected type: string"
+NUMBER_FOR_STRING = (
+    "Failed to process element: 0 key: text of 'instances' list. Error: INVALID_ARGUMENT: "
+    "JSON Value: 1 Type: Number is not of expected type: string"
+)
 
 
-@pytest.mark.parametrize("model, body, raw, expected", [
-    ("text", None, b"{not json", "JSON Parse error: Expecting property name enclosed in double quotes at offset: 1"),
-    ("text", None, b"", "JSON Parse error: The document is empty"),
-    ("text", ["hi"], None, 'JSON Value: ["hi"] Is not object'),
-    ("text", {"instances": ["a"], "inputs": ["a"]}, None,
-     'JSON Value: {"instances": ["a"], "inputs": ["a"]} Not formatted correctly expecting only one of '
-     "'inputs' or 'instances' keys to exist"),
-    ("text", {"signature_name": "serving_default"}, None, "Missing 'inputs' or 'instances' key"),
-    ("text", {"signature_name": 7, "instances": ["a"]}, None,
-     """JSON Value: {"signature_name": 7, "instances": ["a"]} not formatted correctly. """
-     "'signature_name' key must be a string value."),
-    ("text", {"signature_name": "nope", "instances": ["a"]}, None,
-     'Serving signature name: "nope" not found in signature def'),
-    ("text", {"instances": [1]}, None, NUMBER_FOR_STRING),
-    ("pair", {"inputs": {"a": [["x", 1]], "b": [1]}}, None,
-     "Failed to process input: a of 'inputs' object. Error: INVALID_ARGUMENT: "
-     'JSON Value: "x" Type: String is not of expected type: float'),
-    ("pair", {"inputs": {"a": [1, 2], "b": [1]}}, None,
-     "Input: a has shape [2], but the signature expects shape [-1,2] (dtype float)"),
-    ("pair", {"instances": [{"a": [1, 2, 3], "b": 1}]}, None,
-     "Input: a has shape [1,3], but the signature expects shape [-1,2] (dtype float)"),
-    ("text", {"inputs": [["a"], ["b", "c"]]}, None,
-     "Failed to process input: text of 'inputs' object. Error: INVALID_ARGUMENT: "
-     "Encountered list at unexpected size: 2 at level: 1 expected size: 1"),
-    ("pair", {"instances": [{"a": [1, 2], "b": 1}, {"a": [1, 2, 3], "b": 1}]}, None,
-     "Failed to process element: 1 key: a of 'instances' list. Error: INVALID_ARGUMENT: "
-     "Expecting tensor size: 2 but got: 3"),
-    ("pair", {"inputs": {"a": [[16777217, 0]], "b": [0]}}, None,
-     "Failed to process input: a of 'inputs' object. Error: INVALID_ARGUMENT: "
-     "Cannot convert JSON value: 16777217 to float without loss of precision."),
-    ("pair", {"instances": [[1, 2]]}, None,
-     "instances is a plain list, but expecting list of objects as multiple input tensors required as per "
-     "tensorinfo_map"),
-    ("pair", {"instances": [{"a": [1, 2], "c": 1}]}, None,
-     "Failed to process element: 0 key: c of 'instances' list. Error: INVALID_ARGUMENT: "
-     "JSON object: does not have named input: c"),
-    ("pair", {"inputs": {"a": [[1, 2]]}}, None, "Missing named input: b in 'inputs' object."),
-    ("image", {"instances": [{"b64": "***not base64***"}]}, None,
-     "Failed to process element: 0 key: image_bytes of 'instances' list. Error: INVALID_ARGUMENT: "
-     "Unable to base64 decode"),
-])
+@pytest.mark.parametrize(
+    "model, body, raw, expected",
+    [
+        (
+            "text",
+            None,
+            b"{not json",
+            "JSON Parse error: Expecting property name enclosed in double quotes at offset: 1",
+        ),
+        ("text", None, b"", "JSON Parse error: The document is empty"),
+        ("text", ["hi"], None, 'JSON Value: ["hi"] Is not object'),
+        (
+            "text",
+            {"instances": ["a"], "inputs": ["a"]},
+            None,
+            'JSON Value: {"instances": ["a"], "inputs": ["a"]} Not formatted correctly expecting only one of '
+            "'inputs' or 'instances' keys to exist",
+        ),
+        ("text", {"signature_name": "serving_default"}, None, "Missing 'inputs' or 'instances' key"),
+        (
+            "text",
+            {"signature_name": 7, "instances": ["a"]},
+            None,
+            """JSON Value: {"signature_name": 7, "instances": ["a"]} not formatted correctly. """
+            "'signature_name' key must be a string value.",
+        ),
+        (
+            "text",
+            {"signature_name": "nope", "instances": ["a"]},
+            None,
+            'Serving signature name: "nope" not found in signature def',
+        ),
+        ("text", {"instances": [1]}, None, NUMBER_FOR_STRING),
+        (
+            "pair",
+            {"inputs": {"a": [["x", 1]], "b": [1]}},
+            None,
+            "Failed to process input: a of 'inputs' object. Error: INVALID_ARGUMENT: "
+            'JSON Value: "x" Type: String is not of expected type: float',
+        ),
+        (
+            "pair",
+            {"inputs": {"a": [1, 2], "b": [1]}},
+            None,
+            "Input: a has shape [2], but the signature expects shape [-1,2] (dtype float)",
+        ),
+        (
+            "pair",
+            {"instances": [{"a": [1, 2, 3], "b": 1}]},
+            None,
+            "Input: a has shape [1,3], but the signature expects shape [-1,2] (dtype float)",
+        ),
+        (
+            "text",
+            {"inputs": [["a"], ["b", "c"]]},
+            None,
+            "Failed to process input: text of 'inputs' object. Error: INVALID_ARGUMENT: "
+            "Encountered list at unexpected size: 2 at level: 1 expected size: 1",
+        ),
+        (
+            "pair",
+            {"instances": [{"a": [1, 2], "b": 1}, {"a": [1, 2, 3], "b": 1}]},
+            None,
+            "Failed to process element: 1 key: a of 'instances' list. Error: INVALID_ARGUMENT: "
+            "Expecting tensor size: 2 but got: 3",
+        ),
+        (
+            "pair",
+            {"inputs": {"a": [[16777217, 0]], "b": [0]}},
+            None,
+            "Failed to process input: a of 'inputs' object. Error: INVALID_ARGUMENT: "
+            "Cannot convert JSON value: 16777217 to float without loss of precision.",
+        ),
+        (
+            "pair",
+            {"instances": [[1, 2]]},
+            None,
+            "instances is a plain list, but expecting list of objects as multiple input tensors required as per "
+            "tensorinfo_map",
+        ),
+        (
+            "pair",
+            {"instances": [{"a": [1, 2], "c": 1}]},
+            None,
+            "Failed to process element: 0 key: c of 'instances' list. Error: INVALID_ARGUMENT: "
+            "JSON object: does not have named input: c",
+        ),
+        ("pair", {"inputs": {"a": [[1, 2]]}}, None, "Missing named input: b in 'inputs' object."),
+        (
+            "image",
+            {"instances": [{"b64": "***not base64***"}]},
+            None,
+            "Failed to process element: 0 key: image_bytes of 'instances' list. Error: INVALID_ARGUMENT: "
+            "Unable to base64 decode",
+        ),
+    ],
+)
 def test_bad_requests_get_400(registry, model, body, raw, expected):
     status, answer, _ = call(registry, "POST", f"/v1/models/{model}:predict", body, raw=raw)
     assert (status, answer) == (400, {"error": expected})
@@ -272,18 +347,23 @@ def test_model_errors_are_400_without_traces(registry):
     status, body, _ = call(registry, "POST", "/v1/models/image:predict", {"instances": [{"b64": not_png}]})
     assert status == 400
     assert body["error"].startswith("Unknown image file format")
-    assert "Traceback" not in body["error"] and "File \"" not in body["error"] and "[Op:" not in body["error"]
+    assert "Traceback" not in body["error"] and 'File "' not in body["error"] and "[Op:" not in body["error"]
 
 
 def test_not_found(registry):
     assert call(registry, "POST", "/v1/models/nope:predict", {"instances": ["a"]})[:2] == (
-        404, {"error": "Servable not found for request: Latest(nope)"})
+        404,
+        {"error": "Servable not found for request: Latest(nope)"},
+    )
     assert call(registry, "POST", "/v1/models/text/versions/9:predict", {"instances": ["a"]})[:2] == (
-        404, {"error": "Servable not found for request: Specific(text, 9)"})
-    assert call(registry, "GET", "/v1/models/nope")[:2] == (
-        404, {"error": "Could not find any versions of model nope"})
+        404,
+        {"error": "Servable not found for request: Specific(text, 9)"},
+    )
+    assert call(registry, "GET", "/v1/models/nope")[:2] == (404, {"error": "Could not find any versions of model nope"})
     assert call(registry, "GET", "/v1/models/text/versions/3")[:2] == (  # the .tmp-3 export is not a version
-        404, {"error": "Could not find version 3 of model text"})
+        404,
+        {"error": "Could not find version 3 of model text"},
+    )
     assert call(registry, "GET", "/v1/models/nope/metadata")[0] == 404
 
 
@@ -292,12 +372,15 @@ def test_wrong_method_and_unknown_path(registry):
     assert (status, body) == (405, {"error": "Malformed request: GET /v1/models/text:predict"})
     assert call(registry, "POST", "/v1/models/text/metadata", {})[0] == 405
     assert call(registry, "GET", "/v1/models/text/versions/x")[:2] == (
-        400, {"error": "Malformed request: GET /v1/models/text/versions/x"})
+        400,
+        {"error": "Malformed request: GET /v1/models/text/versions/x"},
+    )
 
 
 def test_oversized_body_gets_413(registry):
-    status, body, _ = call(registry, "POST", "/v1/models/text:predict", {"instances": ["x" * 5000]},
-                           max_body_bytes=1000)
+    status, body, _ = call(
+        registry, "POST", "/v1/models/text:predict", {"instances": ["x" * 5000]}, max_body_bytes=1000
+    )
     assert status == 413 and "1000 bytes" in body["error"]
 
 
@@ -314,14 +397,16 @@ def test_batching_merges_concurrent_requests_and_isolates_failures(registry):
     async def go():
         app = make_app(registry, batching={"max_batch_size": 64, "timeout_ms": 100})
         async with TestClient(TestServer(app)) as client:
+
             async def predict(model, instances):
                 response = await client.post(f"/v1/models/{model}:predict", data=json.dumps({"instances": instances}))
                 return response.status, await response.json()
 
             texts = await asyncio.gather(*[predict("text", ["x" * i]) for i in range(1, 9)])
             good, bad = {"b64": png_b64()}, {"b64": base64.b64encode(b"junk").decode()}
-            images = await asyncio.gather(predict("image", [good]), predict("image", [bad]),
-                                          predict("image", [good, good]))
+            images = await asyncio.gather(
+                predict("image", [good]), predict("image", [bad]), predict("image", [good, good])
+            )
             return texts, images
 
     servable.signatures["serving_default"] = counting
@@ -365,7 +450,9 @@ def test_start_up_errors_exit_2_with_one_paragraph(base, tmp_path, capsys):
 
 
 def test_module_imports_nothing_from_training():
-    code = ("import sys, tfsft.serve; "
-            "print(sorted(m for m in sys.modules if m.startswith(('tfsft.', 'keras', 'tensorflow'))))")
+    code = (
+        "import sys, tfsft.serve; "
+        "print(sorted(m for m in sys.modules if m.startswith(('tfsft.', 'keras', 'tensorflow'))))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "tfsft.trainer" not in loaded and "keras" not in loaded and "'tensorflow'" not in loaded

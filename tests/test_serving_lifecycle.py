@@ -22,9 +22,8 @@ import urllib.request
 import pytest
 from aiohttp import web
 
-from tfsft.serving import make_app
-
 from conftest import REPO
+from tfsft.serving import make_app
 
 
 # ----------------------------------------------------------------------------------------- in-process server
@@ -45,8 +44,10 @@ async def send_predict(port: int, seconds: float):
     """Open a connection and send a predict request for the slow model; returns the stream pair."""
     body = json.dumps({"instances": [seconds]}).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /v1/models/slow:predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                 b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    writer.write(
+        b"POST /v1/models/slow:predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     await writer.drain()
     return reader, writer
 
@@ -103,11 +104,27 @@ def free_port() -> int:
 
 
 def start_server(base, port: int, grace: float, log_path):
-    command = [sys.executable, "-m", "tfsft.serve", "--model-base-path", str(base), "--port", str(port),
-               "--poll-seconds", "0", "--shutdown-grace-seconds", str(grace)]
+    command = [
+        sys.executable,
+        "-m",
+        "tfsft.serve",
+        "--model-base-path",
+        str(base),
+        "--port",
+        str(port),
+        "--poll-seconds",
+        "0",
+        "--shutdown-grace-seconds",
+        str(grace),
+    ]
     log = open(log_path, "w")
-    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"},
+    )
     log.close()
     return process
 
@@ -130,8 +147,11 @@ def predict_in_thread(port: int, seconds: float) -> dict:
     result: dict = {}
 
     def run():
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/slow:predict",
-                                         data=json.dumps({"instances": [seconds]}).encode(), method="POST")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/models/slow:predict",
+            data=json.dumps({"instances": [seconds]}).encode(),
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 result.update(status=response.status, body=json.loads(response.read()))

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tfsft.trainer import train
-
 from conftest import REPO, image_config, text_config, validated, write_config, write_digit_folder
+from tfsft.trainer import train
 
 pytestmark = pytest.mark.slow
 
@@ -57,27 +56,41 @@ def test_sigkill_mid_epoch_then_same_command_resumes_and_finishes(tmp_path, text
 
 def test_transfer_from_weights_file_beats_random_init(tmp_path):
     """Pretrain on digits 0-4, save the backbone, fine-tune on digits 5-9 from that file vs from scratch."""
-    source = {"train": str(write_digit_folder(tmp_path / "src_train", [0, 1, 2, 3, 4], per_class=100)),
-              "validation": str(write_digit_folder(tmp_path / "src_val", [0, 1, 2, 3, 4], per_class=15, offset=100)),
-              "test": None}
-    pretrain = validated(image_config(source, tmp_path, name="pretrain",
-                                      data={"test": None, "split": {"test": 0.0, "validation": 0.0}},
-                                      training={"epochs": 8, "batch_size": 32}))
+    source = {
+        "train": str(write_digit_folder(tmp_path / "src_train", [0, 1, 2, 3, 4], per_class=100)),
+        "validation": str(write_digit_folder(tmp_path / "src_val", [0, 1, 2, 3, 4], per_class=15, offset=100)),
+        "test": None,
+    }
+    pretrain = validated(
+        image_config(
+            source,
+            tmp_path,
+            name="pretrain",
+            data={"test": None, "split": {"test": 0.0, "validation": 0.0}},
+            training={"epochs": 8, "batch_size": 32},
+        )
+    )
     pretrained = train(pretrain, verbose=0)
     assert pretrained.history[-1]["val_accuracy"] > 0.9
     weights = pretrained.run_dir / "backbone.weights.h5"
 
-    target = {"train": str(write_digit_folder(tmp_path / "dst_train", [5, 6, 7, 8, 9], per_class=20)),
-              "validation": str(write_digit_folder(tmp_path / "dst_val", [5, 6, 7, 8, 9], per_class=10, offset=20)),
-              "test": str(write_digit_folder(tmp_path / "dst_test", [5, 6, 7, 8, 9], per_class=40, offset=30))}
+    target = {
+        "train": str(write_digit_folder(tmp_path / "dst_train", [5, 6, 7, 8, 9], per_class=20)),
+        "validation": str(write_digit_folder(tmp_path / "dst_val", [5, 6, 7, 8, 9], per_class=10, offset=20)),
+        "test": str(write_digit_folder(tmp_path / "dst_test", [5, 6, 7, 8, 9], per_class=40, offset=30)),
+    }
     scores = {}
     # Same budget for both starts: a linear probe (frozen backbone) and a short full fine-tune.
     for setting, freeze, epochs, lr in (("probe", "backbone", 10, 1e-2), ("finetune", "none", 3, 1e-3)):
         for start, backbone_weights in (("transfer", str(weights)), ("scratch", None)):
-            config = image_config(target, tmp_path, name=f"{setting}_{start}",
-                                  training={"epochs": epochs, "batch_size": 16},
-                                  freeze={"strategy": freeze, "train_batchnorm": False},
-                                  optimizer={"learning_rate": lr})
+            config = image_config(
+                target,
+                tmp_path,
+                name=f"{setting}_{start}",
+                training={"epochs": epochs, "batch_size": 16},
+                freeze={"strategy": freeze, "train_batchnorm": False},
+                optimizer={"learning_rate": lr},
+            )
             config["model"]["backbone"]["weights"] = backbone_weights
             scores[(setting, start)] = train(validated(config), verbose=0).metrics["test"]["accuracy"]
     print("transfer vs scratch test accuracy (5 classes, chance 0.2):", scores)
@@ -94,9 +107,16 @@ def test_minilm_quickstart_config_trains_a_few_steps(tmp_path):
         rows = list(csv.reader(src))[:97]
     with open(small_test, "w", newline="", encoding="utf-8") as dst:
         csv.writer(dst).writerows(rows)
-    config = load_config([REPO / "configs/quickstart.yaml"],
-                         [f"output_dir={tmp_path / 'runs'}", f"data.test={small_test}", "training.epochs=1",
-                          "training.steps_per_epoch=6", "training.validation_steps=2"])
+    config = load_config(
+        [REPO / "configs/quickstart.yaml"],
+        [
+            f"output_dir={tmp_path / 'runs'}",
+            f"data.test={small_test}",
+            "training.epochs=1",
+            "training.steps_per_epoch=6",
+            "training.validation_steps=2",
+        ],
+    )
     result = train(config, verbose=0)
     assert result.history[0]["loss"] < 1.2  # 3 classes: chance-level cross-entropy is 1.10
     assert result.metrics["test"]["num_examples"] == 96

@@ -7,11 +7,10 @@ import random
 import numpy as np
 import pytest
 
+from conftest import NEGATIVE, NEUTRAL, POSITIVE, keyword_texts, text_config, validated, write_csv
 from tfsft.errors import TrainingAborted
 from tfsft.evaluation import evaluate_finished_run
 from tfsft.trainer import fit_and_evaluate, prepare, train
-
-from conftest import NEGATIVE, NEUTRAL, POSITIVE, keyword_texts, text_config, validated, write_csv
 
 
 def multilabel_rows(n, seed):
@@ -30,8 +29,10 @@ def multilabel_rows(n, seed):
 
 
 def test_multilabel_text(tmp_path):
-    data = {split: str(write_csv(tmp_path / f"{split}.csv", multilabel_rows(n, seed)))
-            for split, n, seed in (("train", 320, 0), ("validation", 64, 1), ("test", 64, 2))}
+    data = {
+        split: str(write_csv(tmp_path / f"{split}.csv", multilabel_rows(n, seed)))
+        for split, n, seed in (("train", 320, 0), ("validation", 64, 1), ("test", 64, 2))
+    }
     config = validated(text_config(data, tmp_path, task={"type": "multilabel"}, training={"epochs": 4}))
     result = train(config, verbose=0)
     test = result.metrics["test"]
@@ -44,8 +45,10 @@ def test_regression_text(tmp_path):
     def rows(n, seed):
         return [(text, 1.0 if label == "positive" else -1.0) for text, label in keyword_texts(n, seed)]
 
-    data = {split: str(write_csv(tmp_path / f"{split}.csv", rows(n, seed)))
-            for split, n, seed in (("train", 256, 0), ("validation", 64, 1), ("test", 64, 2))}
+    data = {
+        split: str(write_csv(tmp_path / f"{split}.csv", rows(n, seed)))
+        for split, n, seed in (("train", 256, 0), ("validation", 64, 1), ("test", 64, 2))
+    }
     config = validated(text_config(data, tmp_path, task={"type": "regression"}, training={"epochs": 3}))
     result = train(config, verbose=0)
     assert result.metrics["test"]["mae"] < 0.5
@@ -64,8 +67,10 @@ def test_sentence_pairs_reach_the_model(tmp_path):
             out.append((f"the {a} flight", f"a {b} crew", "same" if same else "different"))
         return out
 
-    data = {split: str(write_csv(tmp_path / f"{split}.csv", rows(n), header=("first", "second", "label")))
-            for split, n in (("train", 256), ("validation", 64), ("test", 64))}
+    data = {
+        split: str(write_csv(tmp_path / f"{split}.csv", rows(n), header=("first", "second", "label")))
+        for split, n in (("train", 256), ("validation", 64), ("test", 64))
+    }
     config = validated(text_config(data, tmp_path, data={"text_column": "first", "text_pair_column": "second"}))
     p = prepare(config)
     features, _ = next(iter(p.modality.dataset(p.splits.train, p.targets["train"], False, 4)))
@@ -90,8 +95,11 @@ def test_gradient_accumulation_updates_every_n_steps(tmp_path, text_data):
 def test_nan_loss_stops_training_and_keeps_best_checkpoint(tmp_path):
     rows = [(text, 1e30) for text, _ in keyword_texts(128, 0)]
     data = {split: str(write_csv(tmp_path / f"{split}.csv", rows)) for split in ("train", "validation", "test")}
-    config = validated(text_config(data, tmp_path, task={"type": "regression"}, optimizer={"clip": {"mode": "none"}},
-                                   training={"epochs": 3}))
+    config = validated(
+        text_config(
+            data, tmp_path, task={"type": "regression"}, optimizer={"clip": {"mode": "none"}}, training={"epochs": 3}
+        )
+    )
     p = prepare(config)
     with pytest.raises(TrainingAborted, match="NaN/Inf"):
         fit_and_evaluate(p, verbose=0)

@@ -32,8 +32,8 @@ def wandb_records(run_file: Path):
         if left < 7:  # a block's tail too short for a header is padding
             position += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
-        chunk = data[position + 7:position + 7 + length]
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunk = data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind in (2, 3):
             pending = (b"" if kind == 2 else pending) + chunk
@@ -50,8 +50,9 @@ def wandb_history(run_file: Path) -> list[dict]:
     rows = []
     for record in wandb_records(run_file):
         if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in record.history.item})
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
     return rows
 
 
@@ -60,20 +61,26 @@ def tracked_run(text_data, tmp_path_factory):
     from tfsft.trainer import train
 
     tmp = tmp_path_factory.mktemp("tracked")
-    config = text_config(text_data, tmp, training={"epochs": 1, "early_stopping": {"enabled": False}},
-                         logging={"every_steps": 2},
-                         export={"enabled": True, "base_path": str(tmp / "saved_models")},
-                         tracking={"mlflow": {"tracking_uri": str(tmp / "mlruns"), "experiment": "tiny"},
-                                   "wandb": {"project": "tiny", "mode": "offline", "dir": str(tmp / "wandb_files"),
-                                             "tags": ["test"]}})
+    config = text_config(
+        text_data,
+        tmp,
+        training={"epochs": 1, "early_stopping": {"enabled": False}},
+        logging={"every_steps": 2},
+        export={"enabled": True, "base_path": str(tmp / "saved_models")},
+        tracking={
+            "mlflow": {"tracking_uri": str(tmp / "mlruns"), "experiment": "tiny"},
+            "wandb": {"project": "tiny", "mode": "offline", "dir": str(tmp / "wandb_files"), "tags": ["test"]},
+        },
+    )
     result = train(validated(config), verbose=0)
     return tmp, result
 
 
 def test_mlflow_file_store_has_params_step_metrics_and_artifacts(tracked_run):
     from mlflow.tracking import MlflowClient
-    from tfsft.tracking import mlflow_uri
+
     from tfsft.config import MlflowConfig
+    from tfsft.tracking import mlflow_uri
 
     tmp, result = tracked_run
     client = MlflowClient(tracking_uri=mlflow_uri(MlflowConfig(tracking_uri=str(tmp / "mlruns"))))
@@ -138,16 +145,27 @@ def test_missing_package_is_a_clear_error_or_a_warning(text_data, tmp_path, monk
 @pytest.mark.slow  # two trainings in a search
 def test_tuning_trials_are_child_runs_and_one_wandb_group(text_data, tmp_path):
     from mlflow.tracking import MlflowClient
+
     from tfsft.config import MlflowConfig
     from tfsft.tracking import mlflow_uri
     from tfsft.tuning import run_search
 
     config = text_config(
-        text_data, tmp_path, training={"epochs": 1, "steps_per_epoch": 2, "early_stopping": {"enabled": False}},
-        tracking={"mlflow": {"tracking_uri": str(tmp_path / "mlruns"), "experiment": "search"},
-                  "wandb": {"mode": "offline", "dir": str(tmp_path / "wandb_files")}},
-        tune={"objective": "val_loss", "max_trials": 2, "seed": 1, "isolate_trials": False,
-              "space": {"optimizer.learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2, "sampling": "log"}}})
+        text_data,
+        tmp_path,
+        training={"epochs": 1, "steps_per_epoch": 2, "early_stopping": {"enabled": False}},
+        tracking={
+            "mlflow": {"tracking_uri": str(tmp_path / "mlruns"), "experiment": "search"},
+            "wandb": {"mode": "offline", "dir": str(tmp_path / "wandb_files")},
+        },
+        tune={
+            "objective": "val_loss",
+            "max_trials": 2,
+            "seed": 1,
+            "isolate_trials": False,
+            "space": {"optimizer.learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2, "sampling": "log"}},
+        },
+    )
     result = run_search(validated(config))
     client = MlflowClient(tracking_uri=mlflow_uri(MlflowConfig(tracking_uri=str(tmp_path / "mlruns"))))
     runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])

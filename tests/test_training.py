@@ -6,11 +6,10 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import image_config, keyword_texts, text_config, validated, write_csv
 from tfsft.callbacks import TrainingState
 from tfsft.learning_rate import get_lr
 from tfsft.trainer import fit_and_evaluate, prepare, train
-
-from conftest import image_config, keyword_texts, text_config, validated, write_csv
 
 
 class Crash(Exception):
@@ -50,8 +49,14 @@ def snapshot(weights):
 
 
 def test_frozen_weights_and_batchnorm_statistics_do_not_move(tmp_path, digit_data):
-    config = validated(image_config(digit_data, tmp_path, freeze={"strategy": "last_n", "last_n": 1, "train_batchnorm": False},
-                                    training={"epochs": 1, "steps_per_epoch": 4}))
+    config = validated(
+        image_config(
+            digit_data,
+            tmp_path,
+            freeze={"strategy": "last_n", "last_n": 1, "train_batchnorm": False},
+            training={"epochs": 1, "steps_per_epoch": 4},
+        )
+    )
     p = prepare(config)
     blocks = p.plan.blocks
     top_unit, frozen_units = blocks[-1], [p.plan.units[0], *blocks[:-1]]
@@ -75,8 +80,14 @@ def test_frozen_weights_and_batchnorm_statistics_do_not_move(tmp_path, digit_dat
 
 
 def test_train_batchnorm_option_updates_statistics_of_unfrozen_units(tmp_path, digit_data):
-    config = validated(image_config(digit_data, tmp_path, freeze={"strategy": "none", "train_batchnorm": True},
-                                    training={"epochs": 1, "steps_per_epoch": 2}))
+    config = validated(
+        image_config(
+            digit_data,
+            tmp_path,
+            freeze={"strategy": "none", "train_batchnorm": True},
+            training={"epochs": 1, "steps_per_epoch": 2},
+        )
+    )
     p = prepare(config)
     stats = [w for w in p.backbone.weights if "moving_mean" in w.path]
     before = snapshot(stats)
@@ -85,10 +96,19 @@ def test_train_batchnorm_option_updates_statistics_of_unfrozen_units(tmp_path, d
 
 
 def test_gradual_unfreezing_follows_schedule_and_survives_resume(tmp_path, digit_data):
-    schedule = [{"epoch": 0, "trainable_units": 0}, {"epoch": 1, "trainable_units": 1, "lr_factor": 0.5},
-                {"epoch": 2, "trainable_units": "all", "lr_factor": 0.25}]
-    config = validated(image_config(digit_data, tmp_path, freeze={"strategy": "gradual", "schedule": schedule},
-                                    training={"epochs": 3, "steps_per_epoch": 2}))
+    schedule = [
+        {"epoch": 0, "trainable_units": 0},
+        {"epoch": 1, "trainable_units": 1, "lr_factor": 0.5},
+        {"epoch": 2, "trainable_units": "all", "lr_factor": 0.25},
+    ]
+    config = validated(
+        image_config(
+            digit_data,
+            tmp_path,
+            freeze={"strategy": "gradual", "schedule": schedule},
+            training={"epochs": 3, "steps_per_epoch": 2},
+        )
+    )
     first = Recorder()
     with pytest.raises(Crash):
         train(config, verbose=0, callbacks=[first, CrashAfterEpoch(2)])
@@ -104,7 +124,8 @@ def test_gradual_unfreezing_follows_schedule_and_survives_resume(tmp_path, digit
     everything = second.trainable[2] & backbone_paths
     assert top_one and top_one < everything
     assert {w.path for w in p.plan.blocks[-1].weights() if w.trainable or "kernel" in w.path} >= {
-        path for path in top_one if "kernel" in path}
+        path for path in top_one if "kernel" in path
+    }
     assert list(second.trainable) == [2], "the resumed run must start at epoch 3"
     stages = [epoch["freezing_stage"] for epoch in result.history]
     assert stages == [0.0, 1.0, 2.0]
@@ -123,10 +144,15 @@ def expected_lr(step, peak, total, warmup, floor):
 
 def test_learning_rate_follows_warmup_then_cosine_across_resume(tmp_path, text_data):
     peak, steps, epochs, warmup, floor = 2e-3, 4, 3, 3, 0.1
-    config = validated(text_config(text_data, tmp_path,
-                                   optimizer={"learning_rate": peak},
-                                   schedule={"name": "cosine", "warmup_steps": warmup, "min_lr_ratio": floor},
-                                   training={"epochs": epochs, "steps_per_epoch": steps}))
+    config = validated(
+        text_config(
+            text_data,
+            tmp_path,
+            optimizer={"learning_rate": peak},
+            schedule={"name": "cosine", "warmup_steps": warmup, "min_lr_ratio": floor},
+            training={"epochs": epochs, "steps_per_epoch": steps},
+        )
+    )
     first, second = Recorder(), Recorder()
     with pytest.raises(Crash):
         train(config, verbose=0, callbacks=[first, CrashAfterEpoch(1)])
@@ -141,9 +167,14 @@ def test_learning_rate_follows_warmup_then_cosine_across_resume(tmp_path, text_d
 
 
 def _update_norm(tmp_path, digit_data, clip):
-    config = validated(image_config(digit_data, tmp_path, name=f"clip_{clip['mode']}",
-                                    optimizer={"name": "sgd", "learning_rate": 1.0, "momentum": 0.0,
-                                               "weight_decay": 0.0, "clip": clip}))
+    config = validated(
+        image_config(
+            digit_data,
+            tmp_path,
+            name=f"clip_{clip['mode']}",
+            optimizer={"name": "sgd", "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0, "clip": clip},
+        )
+    )
     p = prepare(config)
     images, targets = next(iter(p.modality.dataset(p.splits.train, p.targets["train"], True, 16)))
     variables = p.model.trainable_variables
@@ -162,12 +193,22 @@ def test_global_norm_clipping_bounds_the_update(tmp_path, digit_data):
 def test_early_stopping_restores_best_weights(tmp_path):
     # Validation labels are the opposite of training labels: the better the model fits train, the worse val.
     flipped = [(text, "negative" if label == "positive" else "positive") for text, label in keyword_texts(64, 1)]
-    data = {"train": str(write_csv(tmp_path / "train.csv", keyword_texts(256, 0))),
-            "validation": str(write_csv(tmp_path / "validation.csv", flipped)),
-            "test": str(write_csv(tmp_path / "test.csv", keyword_texts(64, 2)))}
-    config = validated(text_config(data, tmp_path, training={
-        "epochs": 6, "steps_per_epoch": 8,
-        "early_stopping": {"enabled": True, "monitor": "val_loss", "patience": 1, "restore_best": True}}))
+    data = {
+        "train": str(write_csv(tmp_path / "train.csv", keyword_texts(256, 0))),
+        "validation": str(write_csv(tmp_path / "validation.csv", flipped)),
+        "test": str(write_csv(tmp_path / "test.csv", keyword_texts(64, 2))),
+    }
+    config = validated(
+        text_config(
+            data,
+            tmp_path,
+            training={
+                "epochs": 6,
+                "steps_per_epoch": 8,
+                "early_stopping": {"enabled": True, "monitor": "val_loss", "patience": 1, "restore_best": True},
+            },
+        )
+    )
     result = train(config, verbose=0)
     history = result.history
     val_losses = [e["val_loss"] for e in history]
@@ -190,9 +231,21 @@ def test_text_end_to_end_learns_and_writes_the_run_directory(tmp_path, text_data
     losses = [e["loss"] for e in result.history]
     assert losses[-1] < losses[0] * 0.7, losses
     assert result.metrics["test"]["accuracy"] >= 0.9
-    for name in ("config.yaml", "classes.json", "history.csv", "history.json", "metrics.json", "report.md",
-                 "model.keras", "backbone.weights.h5", "vocab.txt", "bad_records.csv", "test_worst_examples.csv",
-                 "plots/history.png", "plots/test_confusion_matrix.png"):
+    for name in (
+        "config.yaml",
+        "classes.json",
+        "history.csv",
+        "history.json",
+        "metrics.json",
+        "report.md",
+        "model.keras",
+        "backbone.weights.h5",
+        "vocab.txt",
+        "bad_records.csv",
+        "test_worst_examples.csv",
+        "plots/history.png",
+        "plots/test_confusion_matrix.png",
+    ):
         assert (run / name).exists(), name
     assert any((run / "logs").rglob("events.out.tfevents.*"))
     assert json.loads((run / "classes.json").read_text()) == ["negative", "positive"]
@@ -209,9 +262,14 @@ def test_text_end_to_end_learns_and_writes_the_run_directory(tmp_path, text_data
 
 
 def test_image_end_to_end_with_augmentation(tmp_path, digit_data):
-    config = validated(image_config(digit_data, tmp_path, image={"augment": {
-        "flip": "none", "rotation": 0.02, "crop_padding": 2, "mixup_alpha": 0.2}},
-        training={"epochs": 8}))
+    config = validated(
+        image_config(
+            digit_data,
+            tmp_path,
+            image={"augment": {"flip": "none", "rotation": 0.02, "crop_padding": 2, "mixup_alpha": 0.2}},
+            training={"epochs": 8},
+        )
+    )
     result = train(config, verbose=0)
     losses = [e["loss"] for e in result.history]
     assert losses[-1] < losses[0]

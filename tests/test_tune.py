@@ -13,22 +13,29 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import REPO, run_cli, text_config, validated, write_config
 from tfsft.errors import ConfigError
 from tfsft.tuning import run_search, search_id
-
-from conftest import REPO, run_cli, text_config, validated, write_config
 
 BAD_LR = 1e-6  # a deliberately bad default: 4 epochs at this rate leave the tiny model at chance
 
 
 def lr_search(text_data, tmp_path, **tune):
     return text_config(
-        text_data, tmp_path, optimizer={"name": "adamw", "learning_rate": BAD_LR},
+        text_data,
+        tmp_path,
+        optimizer={"name": "adamw", "learning_rate": BAD_LR},
         training={"epochs": 4, "batch_size": 32, "early_stopping": {"enabled": False}},
-        tune={"tuner": "random", "objective": "val_accuracy", "max_trials": 4, "seed": 3,
-              "isolate_trials": False,  # in-process trials are faster; the tests that need isolation turn it on
-              "space": {"optimizer.learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2,
-                                                    "sampling": "log"}}, **tune})
+        tune={
+            "tuner": "random",
+            "objective": "val_accuracy",
+            "max_trials": 4,
+            "seed": 3,
+            "isolate_trials": False,  # in-process trials are faster; the tests that need isolation turn it on
+            "space": {"optimizer.learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2, "sampling": "log"}},
+            **tune,
+        },
+    )
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -42,10 +49,18 @@ def test_search_beats_a_bad_learning_rate_and_best_config_retrains(tmp_path, tex
     # In-process trials: a process per trial (the default) costs a TensorFlow import each and is covered by
     # test_memory_stays_flat_over_five_trials; here the retrain in a fresh process checks the reported score.
     config = validated(lr_search(text_data, tmp_path))
-    baseline = train(validated(text_config(text_data, tmp_path, name="baseline",
-                                           optimizer={"name": "adamw", "learning_rate": BAD_LR},
-                                           training={"epochs": 4, "early_stopping": {"enabled": False}})),
-                     verbose=0)
+    baseline = train(
+        validated(
+            text_config(
+                text_data,
+                tmp_path,
+                name="baseline",
+                optimizer={"name": "adamw", "learning_rate": BAD_LR},
+                training={"epochs": 4, "early_stopping": {"enabled": False}},
+            )
+        ),
+        verbose=0,
+    )
     baseline_score = max(e["val_accuracy"] for e in baseline.history)
 
     result = run_search(config)
@@ -65,7 +80,9 @@ def test_search_beats_a_bad_learning_rate_and_best_config_retrains(tmp_path, tex
 
     # best_config.yaml is a plain training config that retrains to the reported score.
     best = yaml.safe_load(result.best_config_path.read_text())
-    assert "tune" not in best and best["optimizer"]["learning_rate"] == pytest.approx(float(rows[0]["optimizer.learning_rate"]))
+    assert "tune" not in best and best["optimizer"]["learning_rate"] == pytest.approx(
+        float(rows[0]["optimizer.learning_rate"])
+    )
     rerun = run_cli("tfsft.train", "--config", str(result.best_config_path), "--set", f"output_dir={tmp_path / 'best'}")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     run_dir = next((tmp_path / "best").glob("*/*"))
@@ -107,10 +124,16 @@ def test_memory_stays_flat_over_five_trials(tmp_path, text_data):
 
 
 def test_conditional_parameter_only_applies_when_its_parent_matches(tmp_path, text_data):
-    raw = lr_search(text_data, tmp_path, tuner="grid", max_trials=10, space={
-        "freeze.strategy": {"type": "choice", "values": ["none", "last_n"]},
-        "freeze.last_n": {"type": "int", "min": 1, "max": 2, "when": {"freeze.strategy": ["last_n"]}},
-    })
+    raw = lr_search(
+        text_data,
+        tmp_path,
+        tuner="grid",
+        max_trials=10,
+        space={
+            "freeze.strategy": {"type": "choice", "values": ["none", "last_n"]},
+            "freeze.last_n": {"type": "int", "min": 1, "max": 2, "when": {"freeze.strategy": ["last_n"]}},
+        },
+    )
     raw["training"]["epochs"] = 1
     result = run_search(validated(raw))
     combos = sorted((r["freeze.strategy"], r["freeze.last_n"]) for r in result.rows)
@@ -122,14 +145,23 @@ def test_conditional_parameter_only_applies_when_its_parent_matches(tmp_path, te
             assert used["freeze"]["last_n"] == row["freeze.last_n"]
 
 
-@pytest.mark.parametrize("space, expected", [
-    ({"optimizer.learnin_rate": {"type": "float", "min": 1e-4, "max": 1e-2}}, "Did you mean 'optimizer.learning_rate'"),
-    ({"optimizer": {"type": "choice", "values": ["adam"]}}, "is a whole section"),
-    ({"optimizer.learning_rate": {"type": "float", "min": 1e-2, "max": 1e-4}}, "must be smaller than max"),
-    ({"optimizer.learning_rate": {"type": "float", "min": 0, "max": 1e-2, "sampling": "log"}}, "log sampling"),
-    ({"freeze.last_n": {"type": "int", "min": 1, "max": 3, "when": {"freeze.strategy": ["last_n"]}}}, "not searched"),
-    ({"optimizer.name": {"type": "choice", "values": ["adamw", "lion9"]}}, "'lion9' is not valid"),
-])
+@pytest.mark.parametrize(
+    "space, expected",
+    [
+        (
+            {"optimizer.learnin_rate": {"type": "float", "min": 1e-4, "max": 1e-2}},
+            "Did you mean 'optimizer.learning_rate'",
+        ),
+        ({"optimizer": {"type": "choice", "values": ["adam"]}}, "is a whole section"),
+        ({"optimizer.learning_rate": {"type": "float", "min": 1e-2, "max": 1e-4}}, "must be smaller than max"),
+        ({"optimizer.learning_rate": {"type": "float", "min": 0, "max": 1e-2, "sampling": "log"}}, "log sampling"),
+        (
+            {"freeze.last_n": {"type": "int", "min": 1, "max": 3, "when": {"freeze.strategy": ["last_n"]}}},
+            "not searched",
+        ),
+        ({"optimizer.name": {"type": "choice", "values": ["adamw", "lion9"]}}, "'lion9' is not valid"),
+    ],
+)
 def test_bad_search_spaces_fail_before_training(tmp_path, text_data, space, expected):
     raw = lr_search(text_data, tmp_path, space=space)
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
@@ -149,13 +181,32 @@ def test_chief_and_two_workers_record_every_trial_once(tmp_path, text_data):
     raw["training"]["epochs"] = 1
     config_path = write_config(tmp_path, raw)
     port = str(_free_port())
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERASTUNER_ORACLE_IP": "127.0.0.1",
-           "KERASTUNER_ORACLE_PORT": port}
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "KERASTUNER_ORACLE_IP": "127.0.0.1",
+        "KERASTUNER_ORACLE_PORT": port,
+    }
     command = [sys.executable, "-m", "tfsft.tune", "--config", str(config_path)]
-    chief = subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": "chief"}, cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    workers = [subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": f"tuner{i}"}, cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    chief = subprocess.Popen(
+        command,
+        env={**env, "KERASTUNER_TUNER_ID": "chief"},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    workers = [
+        subprocess.Popen(
+            command,
+            env={**env, "KERASTUNER_TUNER_ID": f"tuner{i}"},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         worker_out = [w.communicate(timeout=600)[0] for w in workers]
         chief_out = chief.communicate(timeout=120)[0]

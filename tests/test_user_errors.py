@@ -5,14 +5,16 @@ import socket
 
 import pytest
 
-from tfsft.train import main
-
 from conftest import image_config, run_cli, text_config, write_config, write_csv
+from tfsft.train import main
 
 
 def digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -47,45 +49,95 @@ def check(capsys, tmp_path, existing_run, config, *sets, expect=()):
 
 
 def test_unknown_key_with_suggestion(capsys, tmp_path, text_data, existing_run):
-    check(capsys, tmp_path, existing_run, text_config(text_data, tmp_path), "training.epoch=3",
-          expect=["training.epoch", "Did you mean 'training.epochs'"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        text_config(text_data, tmp_path),
+        "training.epoch=3",
+        expect=["training.epoch", "Did you mean 'training.epochs'"],
+    )
 
 
 def test_wrong_type(capsys, tmp_path, text_data, existing_run):
-    check(capsys, tmp_path, existing_run, text_config(text_data, tmp_path), "training.batch_size=large",
-          expect=["training.batch_size", "'large'"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        text_config(text_data, tmp_path),
+        "training.batch_size=large",
+        expect=["training.batch_size", "'large'"],
+    )
 
 
 def test_value_out_of_range(capsys, tmp_path, text_data, existing_run):
-    check(capsys, tmp_path, existing_run, text_config(text_data, tmp_path), "head.dropout=0.5",
-          "model.head.dropout=1.5", expect=["unknown key 'head'", "model.head.dropout", "less than 1"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        text_config(text_data, tmp_path),
+        "head.dropout=0.5",
+        "model.head.dropout=1.5",
+        expect=["unknown key 'head'", "model.head.dropout", "less than 1"],
+    )
 
 
 def test_missing_data_path(capsys, tmp_path, text_data, existing_run):
-    check(capsys, tmp_path, existing_run, text_config(text_data, tmp_path), f"data.train={tmp_path}/nope.csv",
-          expect=["data.train", "nope.csv", "does not exist"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        text_config(text_data, tmp_path),
+        f"data.train={tmp_path}/nope.csv",
+        expect=["data.train", "nope.csv", "does not exist"],
+    )
 
 
 def test_empty_split(capsys, tmp_path, text_data, existing_run):
     empty = write_csv(tmp_path / "empty.csv", [])
-    check(capsys, tmp_path, existing_run, text_config(text_data, tmp_path), f"data.validation={empty}",
-          expect=["validation split", "empty.csv", "no usable records"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        text_config(text_data, tmp_path),
+        f"data.validation={empty}",
+        expect=["validation split", "empty.csv", "no usable records"],
+    )
 
 
 def test_class_with_no_examples(capsys, tmp_path, text_data, existing_run):
-    check(capsys, tmp_path, existing_run, text_config(text_data, tmp_path),
-          "data.classes=[negative, neutral, positive]", expect=["['neutral']", "no examples", "data.classes"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        text_config(text_data, tmp_path),
+        "data.classes=[negative, neutral, positive]",
+        expect=["['neutral']", "no examples", "data.classes"],
+    )
 
 
 def test_label_not_in_class_list(capsys, tmp_path, text_data, existing_run):
     odd = write_csv(tmp_path / "odd.csv", [("fine flight", "positive"), ("meh flight", "mixed")])
-    check(capsys, tmp_path, existing_run, text_config(text_data, tmp_path), f"data.test={odd}",
-          "data.on_bad_record=fail", expect=["odd.csv", "row 3", "'mixed'", "not in the class list"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        text_config(text_data, tmp_path),
+        f"data.test={odd}",
+        "data.on_bad_record=fail",
+        expect=["odd.csv", "row 3", "'mixed'", "not in the class list"],
+    )
 
 
 def test_missing_text_column(capsys, tmp_path, text_data, existing_run):
-    check(capsys, tmp_path, existing_run, text_config(text_data, tmp_path), "data.text_column=tweet",
-          expect=["Column 'tweet'", "data.text_column", "['text', 'label']"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        text_config(text_data, tmp_path),
+        "data.text_column=tweet",
+        expect=["Column 'tweet'", "data.text_column", "['text', 'label']"],
+    )
 
 
 def test_corrupt_image(capsys, tmp_path, digit_data, existing_run):
@@ -94,8 +146,15 @@ def test_corrupt_image(capsys, tmp_path, digit_data, existing_run):
     train = tmp_path / "train"
     shutil.copytree(digit_data["train"], train)
     (train / "digit_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
-    check(capsys, tmp_path, existing_run, image_config(digit_data, tmp_path), f"data.train={train}",
-          "data.on_bad_record=fail", expect=["broken.png", "corrupt or unreadable image"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        image_config(digit_data, tmp_path),
+        f"data.train={train}",
+        "data.on_bad_record=fail",
+        expect=["broken.png", "corrupt or unreadable image"],
+    )
 
 
 def test_corrupt_image_skipped_is_counted(tmp_path, digit_data):
@@ -117,14 +176,25 @@ def test_corrupt_image_skipped_is_counted(tmp_path, digit_data):
 def test_unreadable_csv_encoding(capsys, tmp_path, text_data, existing_run):
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text,label\ncaf\xe9 was great,positive\nawful queue,negative\n".encode("latin-1"))
-    check(capsys, tmp_path, existing_run, text_config(text_data, tmp_path), f"data.train={latin}",
-          expect=["latin.csv", "not valid utf-8", "line 2", "data.encoding"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        text_config(text_data, tmp_path),
+        f"data.train={latin}",
+        expect=["latin.csv", "not valid utf-8", "line 2", "data.encoding"],
+    )
 
 
 def test_weights_path_missing(capsys, tmp_path, text_data, existing_run):
-    check(capsys, tmp_path, existing_run, text_config(text_data, tmp_path),
-          f"model.backbone.weights={tmp_path}/missing.weights.h5",
-          expect=["model.backbone.weights", "missing.weights.h5", "does not exist"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        text_config(text_data, tmp_path),
+        f"model.backbone.weights={tmp_path}/missing.weights.h5",
+        expect=["model.backbone.weights", "missing.weights.h5", "does not exist"],
+    )
 
 
 @pytest.fixture
@@ -134,7 +204,7 @@ def no_network(monkeypatch, tmp_path):
     download caches are empty folders, so nothing is found locally either."""
     with socket.socket() as closed_port:
         closed_port.bind(("127.0.0.1", 0))  # bound, never listening: connecting is refused
-        proxy = "http://127.0.0.1:%d" % closed_port.getsockname()[1]
+        proxy = f"http://127.0.0.1:{closed_port.getsockname()[1]}"
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
             monkeypatch.setenv(name, proxy)
         for name in ("NO_PROXY", "no_proxy"):
@@ -148,16 +218,26 @@ def no_network(monkeypatch, tmp_path):
 def test_preset_download_without_network(capsys, tmp_path, text_data, existing_run, no_network):
     config = text_config(text_data, tmp_path)
     config["model"]["backbone"] = {"preset": "bert_tiny_en_uncased"}
-    message = check(capsys, tmp_path, existing_run, config,
-                    expect=["bert_tiny_en_uncased", "no network", "model.backbone.preset", "folder"])
+    message = check(
+        capsys,
+        tmp_path,
+        existing_run,
+        config,
+        expect=["bert_tiny_en_uncased", "no network", "model.backbone.preset", "folder"],
+    )
     assert "save_to_preset" in message
 
 
 def test_keras_applications_weights_without_network(capsys, tmp_path, digit_data, existing_run, no_network):
     config = image_config(digit_data, tmp_path)
     config["model"]["backbone"] = {"source": "keras_applications", "name": "ResNet50", "weights": "imagenet"}
-    check(capsys, tmp_path, existing_run, config,
-          expect=["ResNet50", "no network", "model.backbone.weights", "resnet50_weights_tf_dim_ordering"])
+    check(
+        capsys,
+        tmp_path,
+        existing_run,
+        config,
+        expect=["ResNet50", "no network", "model.backbone.weights", "resnet50_weights_tf_dim_ordering"],
+    )
 
 
 def test_cli_exit_code_and_no_traceback(tmp_path, text_data):

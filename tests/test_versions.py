@@ -1,7 +1,13 @@
 """The one set of version-folder rules that export, predict, serve and bench_serve share."""
 
-from tfsft.versions import (latest_version_dir, model_name_problem, next_version, version_folders, version_of,
-                            version_problem)
+from tfsft.versions import (
+    latest_version_dir,
+    model_name_problem,
+    next_version,
+    version_folders,
+    version_of,
+    version_problem,
+)
 
 
 def make_version(model_dir, name, marker="saved_model.pb"):

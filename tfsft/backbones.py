@@ -15,7 +15,6 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Optional
 
 import keras
 
@@ -36,8 +35,16 @@ KERAS_APPLICATIONS = {
 # The normalization each keras.applications family was trained with (see their preprocess_input).
 KERAS_APPLICATIONS_NORMALIZATION = {name: ("tf" if name.endswith("V2") else "caffe") for name in KERAS_APPLICATIONS}
 
-_NETWORK_HINTS = ("Name or service not known", "Failed to resolve", "URL fetch failure", "Max retries exceeded",
-                  "Temporary failure in name resolution", "Network is unreachable", "Connection refused", "timed out")
+_NETWORK_HINTS = (
+    "Name or service not known",
+    "Failed to resolve",
+    "URL fetch failure",
+    "Max retries exceeded",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "Connection refused",
+    "timed out",
+)
 
 
 def _looks_like_network_error(exc: BaseException) -> bool:
@@ -113,7 +120,7 @@ def from_preset_or_explain(loader, spec: BackboneConfig, what: str, **kwargs):
         ) from None
 
 
-def remote_host(location: str) -> Optional[str]:
+def remote_host(location: str) -> str | None:
     """The host a preset downloads from: hf:// from Hugging Face, kaggle:// and plain KerasHub names from Kaggle."""
     if location.startswith("hf://"):
         return "huggingface.co"
@@ -160,7 +167,7 @@ def hub_offline():
         constants.HF_HUB_OFFLINE = before
 
 
-def _require_file(path: Optional[str], key: str) -> str:
+def _require_file(path: str | None, key: str) -> str:
     resolved = resolve(path, what=key)
     if not Path(resolved).is_file():
         raise BackboneError(
@@ -170,8 +177,9 @@ def _require_file(path: Optional[str], key: str) -> str:
     return resolved
 
 
-def load_backbone(spec: BackboneConfig, image_shape: Optional[tuple] = None,
-                  vocabulary_size: Optional[int] = None) -> keras.Model:
+def load_backbone(
+    spec: BackboneConfig, image_shape: tuple | None = None, vocabulary_size: int | None = None
+) -> keras.Model:
     if spec.source == "keras_applications":
         return _keras_application(spec, image_shape)
     if spec.preset:
@@ -228,8 +236,12 @@ def _keras_application(spec: BackboneConfig, image_shape) -> keras.Model:
         weights = _require_file(weights, "model.backbone.weights")
     factory = getattr(keras.applications, spec.name)
     try:
-        return factory(include_top=False, weights=None if weights == "none" else weights,
-                       input_shape=tuple(image_shape) if image_shape else None, **spec.kwargs)
+        return factory(
+            include_top=False,
+            weights=None if weights == "none" else weights,
+            input_shape=tuple(image_shape) if image_shape else None,
+            **spec.kwargs,
+        )
     except Exception as exc:
         if _looks_like_network_error(exc):
             module = KERAS_APPLICATIONS[spec.name]

@@ -35,8 +35,12 @@ def nll(task_type: str, logits: np.ndarray, targets: np.ndarray, temperature=1.0
 
 
 def _fit_one(task_type: str, logits: np.ndarray, targets: np.ndarray) -> float:
-    result = minimize_scalar(lambda log_t: nll(task_type, logits, targets, np.exp(log_t)),
-                             bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5})
+    result = minimize_scalar(
+        lambda log_t: nll(task_type, logits, targets, np.exp(log_t)),
+        bounds=LOG_T_BOUNDS,
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
     best = float(np.exp(result.x))
     # The bounded search can stop a hair off; never return a temperature worse than leaving the model alone.
     return best if nll(task_type, logits, targets, best) <= nll(task_type, logits, targets, 1.0) else 1.0
@@ -46,12 +50,13 @@ def fit_temperature(task_type: str, logits: np.ndarray, targets: np.ndarray):
     """The NLL-minimising temperature: a float (classification) or one per label (multilabel, a list)."""
     logits, targets = np.asarray(logits, np.float64), np.asarray(targets, np.float64)
     if task_type_named(task_type).per_label_temperature:
-        return [_fit_one(task_type, logits[:, j:j + 1], targets[:, j:j + 1]) for j in range(logits.shape[1])]
+        return [_fit_one(task_type, logits[:, j : j + 1], targets[:, j : j + 1]) for j in range(logits.shape[1])]
     return _fit_one(task_type, logits, targets)
 
 
-def expected_calibration_error(task_type: str, probabilities: np.ndarray, targets: np.ndarray,
-                               bins: int = BINS) -> float:
+def expected_calibration_error(
+    task_type: str, probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS
+) -> float:
     confidence, correct = _confidence_and_outcome(task_type, probabilities, targets)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
@@ -72,10 +77,13 @@ def summarize(task_type: str, logits: np.ndarray, targets: np.ndarray, temperatu
     activation = task_type_named(task_type).activation
     before = activation(logits)
     after = activation(np.asarray(logits, np.float64) / np.asarray(temperature, np.float64))
-    return {"ece_before": expected_calibration_error(task_type, before, targets),
-            "ece_after": expected_calibration_error(task_type, after, targets),
-            "nll_before": nll(task_type, logits, targets), "nll_after": nll(task_type, logits, targets, temperature),
-            "examples": len(targets)}
+    return {
+        "ece_before": expected_calibration_error(task_type, before, targets),
+        "ece_after": expected_calibration_error(task_type, after, targets),
+        "nll_before": nll(task_type, logits, targets),
+        "nll_after": nll(task_type, logits, targets, temperature),
+        "examples": len(targets),
+    }
 
 
 def load_temperature(run_dir: str | Path) -> np.ndarray | None:
@@ -122,8 +130,7 @@ def calibrate_run(task_type: str, logits: dict, targets: dict, run_dir: Path) ->
         scaled = np.asarray(split_logits, np.float64) / np.asarray(temperature, np.float64)
         curves[f"{split} before"] = (activation(split_logits), targets[split])
         curves[f"{split} after (T)"] = (activation(scaled), targets[split])
-    (run_dir / CALIBRATION_FILE).write_text(json.dumps({"method": "temperature", "temperature": temperature},
-                                                       indent=1))
+    (run_dir / CALIBRATION_FILE).write_text(json.dumps({"method": "temperature", "temperature": temperature}, indent=1))
     (run_dir / "plots").mkdir(exist_ok=True)
     plot_reliability(task_type, curves, run_dir / "plots" / "reliability.png")
     return result
@@ -132,12 +139,19 @@ def calibrate_run(task_type: str, logits: dict, targets: dict, run_dir: Path) ->
 def report_section(result: dict) -> str:
     temperature = result["temperature"]
     shown = f"{temperature:.4f}" if isinstance(temperature, float) else ", ".join(f"{t:.3f}" for t in temperature)
-    lines = ["## Calibration (temperature scaling, fitted on validation)", "",
-             f"Temperature: {shown}. Class ids are unchanged; the exported probabilities use it.", "",
-             "| split | ECE before | ECE after | NLL before | NLL after |", "|---|---|---|---|---|"]
+    lines = [
+        "## Calibration (temperature scaling, fitted on validation)",
+        "",
+        f"Temperature: {shown}. Class ids are unchanged; the exported probabilities use it.",
+        "",
+        "| split | ECE before | ECE after | NLL before | NLL after |",
+        "|---|---|---|---|---|",
+    ]
     for split in ("validation", "test"):
         if split in result:
             m = result[split]
-            lines.append(f"| {split} | {m['ece_before']:.4f} | {m['ece_after']:.4f} | {m['nll_before']:.4f} | "
-                         f"{m['nll_after']:.4f} |")
+            lines.append(
+                f"| {split} | {m['ece_before']:.4f} | {m['ece_after']:.4f} | {m['nll_before']:.4f} | "
+                f"{m['nll_after']:.4f} |"
+            )
     return "\n".join(lines + ["", "![reliability](plots/reliability.png)", ""])

@@ -12,15 +12,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfsft.config import EarlyStoppingConfig, TrainingConfig
-from tfsft.metric_direction import resolve_direction
 from tfsft.learning_rate import get_lr
+from tfsft.metric_direction import resolve_direction
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +45,16 @@ class TrainingState:
         tmp.write_text(json.dumps(self.epochs, indent=1))
         tmp.replace(self.path)
 
-    def best(self, monitor: str, mode: str, min_delta: float = 0.0) -> tuple[Optional[int], Optional[float]]:
+    def best(self, monitor: str, mode: str, min_delta: float = 0.0) -> tuple[int | None, float | None]:
         """Index and value of the best epoch; later epochs must beat it by `min_delta` to count."""
         best_index, best_value = None, None
         for i, logs in enumerate(self.epochs):
             value = logs.get(monitor)
             if value is None or not math.isfinite(value):
                 continue
-            if best_value is None or (value < best_value - min_delta if mode == "min" else value > best_value + min_delta):
+            if best_value is None or (
+                value < best_value - min_delta if mode == "min" else value > best_value + min_delta
+            ):
                 best_index, best_value = i, value
         return best_index, best_value
 
@@ -61,7 +62,7 @@ class TrainingState:
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Saves model + optimizer (+ epoch) with `tf.train.Checkpoint` at each epoch end and every N steps."""
 
-    def __init__(self, directory: Path, every_steps: Optional[int] = None, restore_from: Optional[Path] = None):
+    def __init__(self, directory: Path, every_steps: int | None = None, restore_from: Path | None = None):
         super().__init__()
         self.directory = Path(directory)
         self.restore_from = Path(restore_from) if restore_from else self.directory
@@ -75,7 +76,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epochs_done=self.epoch)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory), max_to_keep=1)
 
-    def restore(self) -> Optional[tuple[int, int]]:
+    def restore(self) -> tuple[int, int] | None:
         """Restore the latest checkpoint; returns (epochs done, optimizer steps done) or None."""
         if self.manager is None:
             return None
@@ -119,12 +120,11 @@ class MonitoredMetric:
     min_delta: float = 0.0
 
     @classmethod
-    def from_config(cls, early: EarlyStoppingConfig, has_validation: bool) -> "MonitoredMetric":
-        name = early.monitor if has_validation or not early.monitor.startswith("val_") \
-            else early.monitor[len("val_"):]
+    def from_config(cls, early: EarlyStoppingConfig, has_validation: bool) -> MonitoredMetric:
+        name = early.monitor if has_validation or not early.monitor.startswith("val_") else early.monitor[len("val_") :]
         return cls(name, resolve_direction(name, early.mode), early.min_delta)
 
-    def best(self, state: TrainingState) -> tuple[Optional[int], Optional[float]]:
+    def best(self, state: TrainingState) -> tuple[int | None, float | None]:
         return state.best(self.name, self.mode, self.min_delta)
 
 
@@ -141,8 +141,10 @@ class NanGuard(keras.callbacks.Callback):
             return
         self.state.diverged = True
         self.model.stop_training = True
-        message = f"Loss became {float(loss)} at step {int(self.model.optimizer.iterations.numpy())}; " \
-                  f"training stopped, the best checkpoint so far is kept."
+        message = (
+            f"Loss became {float(loss)} at step {int(self.model.optimizer.iterations.numpy())}; "
+            f"training stopped, the best checkpoint so far is kept."
+        )
         log.error(message)
         print(message, flush=True)
 
@@ -187,7 +189,7 @@ class EarlyStopping(keras.callbacks.Callback):
         super().__init__()
         self.state, self.metric, self.early = state, metric, early
 
-    def waited(self) -> tuple[int, Optional[int], Optional[float]]:
+    def waited(self) -> tuple[int, int | None, float | None]:
         """(epochs since the best one, best index, best value)."""
         best_index, best_value = self.metric.best(self.state)
         waited = len(self.state.epochs) - 1 - best_index if best_index is not None else 0
@@ -201,8 +203,11 @@ class EarlyStopping(keras.callbacks.Callback):
             return
         waited, best_index, best_value = self.waited()
         self.model.stop_training = True
-        print(f"Early stopping at epoch {epoch + 1}: {self.metric.name} has not improved for {waited} epochs "
-              f"(best {best_value:.5f} at epoch {best_index + 1}).", flush=True)
+        print(
+            f"Early stopping at epoch {epoch + 1}: {self.metric.name} has not improved for {waited} epochs "
+            f"(best {best_value:.5f} at epoch {best_index + 1}).",
+            flush=True,
+        )
 
 
 class OverfittingWarning(keras.callbacks.Callback):
@@ -219,14 +224,16 @@ class OverfittingWarning(keras.callbacks.Callback):
         k, history = self.patience, self.state.epochs
         if self.state.diverged or len(history) < k + 1 or "val_loss" not in history[-1]:
             return
-        recent = history[-(k + 1):]
+        recent = history[-(k + 1) :]
         val_rising = all(b["val_loss"] > a["val_loss"] for a, b in zip(recent, recent[1:]))
         train_falling = all(b["loss"] < a["loss"] for a, b in zip(recent, recent[1:]))
         if not (val_rising and train_falling):
             return
-        message = (f"Overfitting warning at epoch {epoch + 1}: validation loss rose for {k} epochs "
-                   f"({recent[0]['val_loss']:.4f} -> {recent[-1]['val_loss']:.4f}) while training loss fell. "
-                   f"Consider more regularization, a lower learning rate, freezing more, or early stopping.")
+        message = (
+            f"Overfitting warning at epoch {epoch + 1}: validation loss rose for {k} epochs "
+            f"({recent[0]['val_loss']:.4f} -> {recent[-1]['val_loss']:.4f}) while training loss fell. "
+            f"Consider more regularization, a lower learning rate, freezing more, or early stopping."
+        )
         self.warnings.append(message)
         log.warning(message)
         print(message, flush=True)
@@ -276,15 +283,33 @@ class Monitors:
     early_stopping: EarlyStopping
 
     @classmethod
-    def build(cls, training: TrainingConfig, state: TrainingState, plan, best_weights: Path, log_dir: Path,
-              has_validation: bool, write: bool = True) -> "Monitors":
+    def build(
+        cls,
+        training: TrainingConfig,
+        state: TrainingState,
+        plan,
+        best_weights: Path,
+        log_dir: Path,
+        has_validation: bool,
+        write: bool = True,
+    ) -> Monitors:
         metric = MonitoredMetric.from_config(training.early_stopping, has_validation)
-        return cls(metric, NanGuard(state), EpochHistory(state, plan),
-                   BestWeights(state, metric, best_weights, write=write),
-                   OverfittingWarning(state, training.overfit_patience, log_dir, write=write),
-                   ScheduleScalars(state, plan, log_dir, write=write),
-                   EarlyStopping(state, metric, training.early_stopping))
+        return cls(
+            metric,
+            NanGuard(state),
+            EpochHistory(state, plan),
+            BestWeights(state, metric, best_weights, write=write),
+            OverfittingWarning(state, training.overfit_patience, log_dir, write=write),
+            ScheduleScalars(state, plan, log_dir, write=write),
+            EarlyStopping(state, metric, training.early_stopping),
+        )
 
     def callbacks(self) -> list:
-        return [self.nan_guard, self.history, self.best_weights, self.overfitting, self.schedule_scalars,
-                self.early_stopping]
+        return [
+            self.nan_guard,
+            self.history,
+            self.best_weights,
+            self.overfitting,
+            self.schedule_scalars,
+            self.early_stopping,
+        ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -56,13 +56,46 @@ from tfsft.config_schema.training import (
 from tfsft.config_schema.tune import TuneConfig, TuneParameter
 from tfsft.errors import ConfigError
 
-__all__ = ["Section", "TaskConfig", "SplitConfig", "DataConfig", "TextConfig", "AugmentConfig", "ImageConfig",
-           "BackboneConfig", "HeadConfig", "ModelConfig", "FreezeStage", "FreezeConfig", "ClipConfig", "EmaConfig",
-           "OptimizerConfig", "ScheduleConfig", "PretrainedAnchorConfig", "RegularizationConfig",
-           "EarlyStoppingConfig", "TrainingConfig", "DistributeConfig", "EvaluationConfig", "ExportConfig",
-           "ProgressConfig", "LoggingConfig", "WandbConfig", "MlflowConfig", "TrackingConfig", "TuneParameter",
-           "TuneConfig", "RunConfig", "apply_overrides", "dump_config", "load_config", "parse_override", "read_yaml",
-           "tunable_field_problem", "validate"]
+__all__ = [
+    "Section",
+    "TaskConfig",
+    "SplitConfig",
+    "DataConfig",
+    "TextConfig",
+    "AugmentConfig",
+    "ImageConfig",
+    "BackboneConfig",
+    "HeadConfig",
+    "ModelConfig",
+    "FreezeStage",
+    "FreezeConfig",
+    "ClipConfig",
+    "EmaConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "PretrainedAnchorConfig",
+    "RegularizationConfig",
+    "EarlyStoppingConfig",
+    "TrainingConfig",
+    "DistributeConfig",
+    "EvaluationConfig",
+    "ExportConfig",
+    "ProgressConfig",
+    "LoggingConfig",
+    "WandbConfig",
+    "MlflowConfig",
+    "TrackingConfig",
+    "TuneParameter",
+    "TuneConfig",
+    "RunConfig",
+    "apply_overrides",
+    "dump_config",
+    "load_config",
+    "parse_override",
+    "read_yaml",
+    "tunable_field_problem",
+    "validate",
+]
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -85,7 +118,7 @@ class RunConfig(Section):
     export: ExportConfig = ExportConfig()
     logging: LoggingConfig = LoggingConfig()
     tracking: TrackingConfig = TrackingConfig()
-    tune: Optional[TuneConfig] = Field(None, description="Search space and tuner of `python -m tfsft.tune`.")
+    tune: TuneConfig | None = Field(None, description="Search space and tuner of `python -m tfsft.tune`.")
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -95,8 +128,10 @@ class RunConfig(Section):
             if self.task.type == "regression":
                 raise ValueError("evaluation.calibrate scales class probabilities; regression has none: set it to none")
             if self.data.validation is None and self.data.split.validation == 0:
-                raise ValueError("evaluation.calibrate fits on the validation split: give data.validation or a "
-                                 "data.split.validation > 0")
+                raise ValueError(
+                    "evaluation.calibrate fits on the validation split: give data.validation or a "
+                    "data.split.validation > 0"
+                )
         if self.data.format == "image_folder" and self.task.modality != "image":
             raise ValueError("data.format image_folder needs task.modality: image")
         if self.tune is not None:
@@ -182,7 +217,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return out
 
 
-def _model_at(path: tuple, root: type[BaseModel]) -> Optional[type[BaseModel]]:
+def _model_at(path: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     """The pydantic model class found by walking `path` (field names) from `root`."""
     model = root
     for part in path:
@@ -206,7 +241,7 @@ def _model_at(path: tuple, root: type[BaseModel]) -> Optional[type[BaseModel]]:
     return model
 
 
-def tunable_field_problem(dotted: str) -> Optional[str]:
+def tunable_field_problem(dotted: str) -> str | None:
     """Why `dotted` cannot be searched (None if it can): it must name an existing, non-section config field."""
     parts = dotted.split(".")
     if parts[0] == "tune":
@@ -221,7 +256,9 @@ def tunable_field_problem(dotted: str) -> Optional[str]:
         return f"'{dotted}' is not a config field.{hint}"
     sub = _model_at(tuple(parts), RunConfig)
     if sub is not None and sub is not parent:
-        return f"'{dotted}' is a whole section; search one of its fields, e.g. '{dotted}.{next(iter(sub.model_fields))}'."
+        return (
+            f"'{dotted}' is a whole section; search one of its fields, e.g. '{dotted}.{next(iter(sub.model_fields))}'."
+        )
     return None
 
 

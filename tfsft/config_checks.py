@@ -40,11 +40,13 @@ def monitor_problem(config) -> str | None:
     monitor = config.training.early_stopping.monitor
     valid = logged_metrics(config)
     # Without a validation split the monitor falls back from val_x to x (tfsft.callbacks.MonitoredMetric).
-    effective = monitor if has_validation(config) or not monitor.startswith("val_") else monitor[len("val_"):]
+    effective = monitor if has_validation(config) or not monitor.startswith("val_") else monitor[len("val_") :]
     if effective in valid:
         return None
-    return (f"training.early_stopping.monitor = '{monitor}' is not a metric this run logs, so best checkpoints and "
-            f"early stopping would never trigger.{_suggestion(monitor, valid)} This run logs: {', '.join(valid)}.")
+    return (
+        f"training.early_stopping.monitor = '{monitor}' is not a metric this run logs, so best checkpoints and "
+        f"early stopping would never trigger.{_suggestion(monitor, valid)} This run logs: {', '.join(valid)}."
+    )
 
 
 def objective_problem(config) -> str | None:
@@ -55,8 +57,11 @@ def objective_problem(config) -> str | None:
     if objective in valid:
         return None
     needs_validation = objective.startswith("val_") and not has_validation(config)
-    why = (" It needs a validation split (data.validation or data.split.validation > 0)." if needs_validation
-           else _suggestion(objective, valid))
+    why = (
+        " It needs a validation split (data.validation or data.split.validation > 0)."
+        if needs_validation
+        else _suggestion(objective, valid)
+    )
     return f"tune.objective = '{objective}' is not a metric the trials log.{why} They log: {', '.join(valid)}."
 
 
@@ -67,9 +72,11 @@ def freeze_problem(config) -> str | None:
     late = [start for start, _ in stages_for(config.freeze) if start >= epochs]
     if not late:
         return None
-    return (f"freeze.schedule has stage(s) starting at epoch(s) {late}, but training.epochs = {epochs} runs epochs "
-            f"0..{epochs - 1} (stages count epochs from 0): they would never unfreeze anything. Start them before "
-            f"epoch {epochs}, or raise training.epochs.")
+    return (
+        f"freeze.schedule has stage(s) starting at epoch(s) {late}, but training.epochs = {epochs} runs epochs "
+        f"0..{epochs - 1} (stages count epochs from 0): they would never unfreeze anything. Start them before "
+        f"epoch {epochs}, or raise training.epochs."
+    )
 
 
 def reference_problems(config) -> list[str]:

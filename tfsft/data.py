@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
 from tfsft.config import RunConfig
 from tfsft.errors import DataError
 from tfsft.paths import resolve
-from tfsft.task_types import task_type as task_type_named
 from tfsft.tables import read_table, read_text_file, table_format  # noqa: F401  (the one table reader)
+from tfsft.task_types import task_type as task_type_named
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Records:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices) -> "Records":
+    def subset(self, indices) -> Records:
         indices = list(indices)
         return Records(
             inputs={k: [v[i] for i in indices] for k, v in self.inputs.items()},
@@ -67,7 +67,9 @@ class BadRecords:
         if self.policy == "fail":
             raise DataError(
                 f"Bad record in '{source}' at {'row' if isinstance(row, int) else 'file'} {row}: {reason}"
-                + (f" (value: {item.value!r})" if item.value else "") + ". " + self.fail_hint
+                + (f" (value: {item.value!r})" if item.value else "")
+                + ". "
+                + self.fail_hint
             )
         self.items.append(item)
 
@@ -111,8 +113,9 @@ def row_label(record: dict, config: RunConfig, source: str, row: int, bad: BadRe
     data = config.data
     label = parse_label(record.get(data.label_column), config.task.type, data.label_separator)
     if label is None:
-        bad.add(source, row, f"missing or invalid label in column '{data.label_column}'",
-                record.get(data.label_column, ""))
+        bad.add(
+            source, row, f"missing or invalid label in column '{data.label_column}'", record.get(data.label_column, "")
+        )
     return label
 
 
@@ -122,7 +125,7 @@ class ClassIndex:
     names: list[str]
 
     @classmethod
-    def from_labels(cls, labels: list, task_type: str, explicit: Optional[list[str]] = None) -> "ClassIndex":
+    def from_labels(cls, labels: list, task_type: str, explicit: list[str] | None = None) -> ClassIndex:
         if not task_type_named(task_type).has_classes:
             return cls([])
         if explicit:
@@ -141,7 +144,7 @@ class ClassIndex:
         index = {name: i for i, name in enumerate(self.names)}
         out = np.zeros((len(labels), len(self.names)), dtype=np.float32)
         for row, label in enumerate(labels):
-            for name in (label if isinstance(label, list) else [label]):
+            for name in label if isinstance(label, list) else [label]:
                 out[row, index[name]] = 1.0
         return out
 
@@ -152,18 +155,27 @@ class ClassIndex:
         known = set(self.names)
         keep, unknown_names = [], {}
         for i, label in enumerate(records.labels):
-            unknown = [l for l in (label if isinstance(label, list) else [label]) if l not in known]
+            unknown = [name for name in (label if isinstance(label, list) else [label]) if name not in known]
             if unknown:
-                bad.add(records.source, records.rows[i], f"label {unknown[0]!r} is not in the class list {self.names}",
-                        unknown[0])
+                bad.add(
+                    records.source,
+                    records.rows[i],
+                    f"label {unknown[0]!r} is not in the class list {self.names}",
+                    unknown[0],
+                )
                 for name in unknown:
                     unknown_names[name] = unknown_names.get(name, 0) + 1
             else:
                 keep.append(i)
         if unknown_names:
             listed = ", ".join(f"{name!r} ({count})" for name, count in sorted(unknown_names.items()))
-            log.warning("%s: %d record(s) skipped whose labels are not in the class list %s: %s", records.source,
-                        len(records) - len(keep), self.names, listed)
+            log.warning(
+                "%s: %d record(s) skipped whose labels are not in the class list %s: %s",
+                records.source,
+                len(records) - len(keep),
+                self.names,
+                listed,
+            )
         return records.subset(keep)
 
 
@@ -191,8 +203,8 @@ def split_off(records: Records, fraction: float, seed: int, task_type: str) -> t
 @dataclass
 class Splits:
     train: Records
-    validation: Optional[Records]
-    test: Optional[Records]
+    validation: Records | None
+    test: Records | None
     classes: ClassIndex
     bad: BadRecords
 
@@ -227,7 +239,7 @@ def load_splits(config: RunConfig, reader: Callable[[str, BadRecords], Records])
     task_type = config.task.type
     bad = BadRecords(policy=data.on_bad_record)
 
-    def read(location: Optional[str], split: str) -> Optional[Records]:
+    def read(location: str | None, split: str) -> Records | None:
         if not location:
             return None
         path = resolve(location, what=f"data.{split} path")
@@ -242,7 +254,9 @@ def load_splits(config: RunConfig, reader: Callable[[str, BadRecords], Records])
             raise DataError(
                 f"The {split} split from '{location}' has no usable records"
                 + (f" ({bad.count(path)} bad, see bad_records.csv)" if bad.count(path) else "")
-                + ". Point data." + split + " at a file with data, or check data.label_column / data.text_column."
+                + ". Point data."
+                + split
+                + " at a file with data, or check data.label_column / data.text_column."
             )
         return records
 
@@ -266,8 +280,7 @@ def load_splits(config: RunConfig, reader: Callable[[str, BadRecords], Records])
     return Splits(train, validation, test, classes, bad)
 
 
-def _known_only(classes: ClassIndex, split: Optional[Records], bad: BadRecords, name: str,
-                limit: float) -> Optional[Records]:
+def _known_only(classes: ClassIndex, split: Records | None, bad: BadRecords, name: str, limit: float) -> Records | None:
     if split is None:
         return None
     kept = classes.filter_unknown(split, bad)

@@ -64,10 +64,14 @@ def resolve_jit_compile(setting) -> bool:
     if setting != "auto":
         return bool(setting)
     accelerator = bool(tf.config.list_physical_devices("GPU") or tf.config.list_logical_devices("TPU"))
-    log.info("auto: training.jit_compile = %s: %s", accelerator,
-             "a GPU/TPU is present, where XLA fuses the kernels" if accelerator else
-             "CPU only, where whole-model XLA trained MiniLM at 0.69-0.74x the speed without it (two machines, "
-             "scripts/bench_train.py --xla)")
+    log.info(
+        "auto: training.jit_compile = %s: %s",
+        accelerator,
+        "a GPU/TPU is present, where XLA fuses the kernels"
+        if accelerator
+        else "CPU only, where whole-model XLA trained MiniLM at 0.69-0.74x the speed without it (two machines, "
+        "scripts/bench_train.py --xla)",
+    )
     return accelerator
 
 
@@ -120,7 +124,12 @@ def distribute_global_batches(strategy: tf.distribute.Strategy, dataset: tf.data
             parts = []
             for replica in range(first, first + local):
                 start, stop = (size * replica) // replicas, (size * (replica + 1)) // replicas
-                parts.append(tf.data.Dataset.from_tensors(tf.nest.map_structure(lambda t: t[start:stop], batch)))
+                parts.append(
+                    tf.data.Dataset.from_tensors(
+                        # called at once, so binding the loop variables late is harmless; the defaults say so
+                        tf.nest.map_structure(lambda t, start=start, stop=stop: t[start:stop], batch)
+                    )
+                )
             sliced = parts[0]
             for part in parts[1:]:
                 sliced = sliced.concatenate(part)
@@ -141,8 +150,9 @@ def with_class_weights(dataset: tf.data.Dataset, class_weight: dict) -> tf.data.
     """(x, one-hot y) -> (x, y, per-example weight): Keras's `class_weight`, which it refuses for datasets that
     are already distributed."""
     weights = tf.constant([class_weight.get(i, 1.0) for i in range(max(class_weight) + 1)], tf.float32)
-    return dataset.map(lambda x, y: (x, y, tf.gather(weights, tf.argmax(y, axis=-1))),
-                       num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(
+        lambda x, y: (x, y, tf.gather(weights, tf.argmax(y, axis=-1))), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
 def patch_keras_for_multi_worker(model, strategy: tf.distribute.Strategy) -> None:
@@ -180,7 +190,8 @@ def patch_keras_for_multi_worker(model, strategy: tf.distribute.Strategy) -> Non
     def reduce_per_replica(values, strategy, reduction="auto"):
         if reduction in ("auto", "mean") and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return tf.nest.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values)
+                lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values
+            )
         return original(values, strategy, reduction)
 
     keras_tf_trainer._tfsft_original_reduce_per_replica = original

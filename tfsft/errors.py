@@ -38,8 +38,12 @@ def clean_tf_message(message: str) -> str:
     (a stack) ... Unknown image file format ... [[{{node DecodeImage}}]]" both give "Unknown image file format. ..."."""
     for raw in str(message).splitlines():
         line = raw.strip()
-        if (not line or raw[:1].isspace() or line.startswith(("Graph execution error", "Detected at node", "File "))
-                or line.startswith("[[")):
+        if (
+            not line
+            or raw[:1].isspace()
+            or line.startswith(("Graph execution error", "Detected at node", "File "))
+            or line.startswith("[[")
+        ):
             continue
         line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)
         line = re.sub(r"\s*\[\[\{\{node [^]]*\]\].*$|\s*\[Op:[^]]*\].*$", "", line).strip()

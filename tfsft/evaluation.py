@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,8 +33,9 @@ def headline(config: RunConfig, metrics: dict) -> str:
 _SORTED = True
 
 
-def evaluation_dataset(modality: Modality, records: Records, targets: np.ndarray, batch_size: int,
-                       steps: Optional[int] = None) -> tuple[tf.data.Dataset, np.ndarray]:
+def evaluation_dataset(
+    modality: Modality, records: Records, targets: np.ndarray, batch_size: int, steps: int | None = None
+) -> tuple[tf.data.Dataset, np.ndarray]:
     """`(inputs, targets)` batches of a split for a forward pass outside training, in the modality's evaluation
     order (text: by length, so each batch is padded less), and that order: position k holds record `order[k]`.
 
@@ -54,8 +55,9 @@ def in_record_order(outputs: np.ndarray, order: np.ndarray) -> np.ndarray:
     return outputs[np.argsort(order)]
 
 
-def predict_logits(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray,
-                   batch_size: int) -> np.ndarray:
+def predict_logits(
+    model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, batch_size: int
+) -> np.ndarray:
     """The model's outputs for every record, in the records' order (computed in the modality's evaluation order)."""
     dataset, order = evaluation_dataset(modality, records, targets, batch_size)
     return in_record_order(model.predict(dataset.map(lambda x, y: x), verbose=0), order)
@@ -66,8 +68,9 @@ def eval_batch_size(config: RunConfig) -> int:
     return max(config.training.batch_size, 64)
 
 
-def predict_scores(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, config: RunConfig,
-                   batch_size: int) -> np.ndarray:
+def predict_scores(
+    model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, config: RunConfig, batch_size: int
+) -> np.ndarray:
     return task_type(config).activation(predict_logits(model, modality, records, targets, batch_size))
 
 
@@ -77,35 +80,54 @@ def _calibrate(p: Prepared, results: dict, logits: dict[str, np.ndarray]) -> Non
     from tfsft import calibration
 
     splits = [s for s in ("validation", "test") if s in logits]
-    results["calibration"] = calibration.calibrate_run(p.config.task.type, logits,
-                                                       {s: p.targets[s] for s in splits}, p.run.path)
+    results["calibration"] = calibration.calibrate_run(
+        p.config.task.type, logits, {s: p.targets[s] for s in splits}, p.run.path
+    )
     fitted = results["calibration"]
-    print(f"Calibration: temperature {fitted['temperature']}; validation ECE {fitted['validation']['ece_before']:.4f}"
-          f" -> {fitted['validation']['ece_after']:.4f}, NLL {fitted['validation']['nll_before']:.4f} -> "
-          f"{fitted['validation']['nll_after']:.4f}", flush=True)
+    print(
+        f"Calibration: temperature {fitted['temperature']}; validation ECE {fitted['validation']['ece_before']:.4f}"
+        f" -> {fitted['validation']['ece_after']:.4f}, NLL {fitted['validation']['nll_before']:.4f} -> "
+        f"{fitted['validation']['nll_after']:.4f}",
+        flush=True,
+    )
 
 
-def evaluate_records(model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, config: RunConfig,
-                     class_names: list[str], out_dir: Path, prefix: str = "test",
-                     logits: Optional[np.ndarray] = None) -> dict:
+def evaluate_records(
+    model: keras.Model,
+    modality: Modality,
+    records: Records,
+    targets: np.ndarray,
+    config: RunConfig,
+    class_names: list[str],
+    out_dir: Path,
+    prefix: str = "test",
+    logits: np.ndarray | None = None,
+) -> dict:
     """Metrics for one split; writes `<prefix>_metrics.json`-style files into `out_dir`. `logits`: the model's
     outputs on `records` when the caller already has them (else computed here)."""
     if logits is None:
         logits = predict_logits(model, modality, records, targets, eval_batch_size(config))
     scores = task_type(config).activation(logits)
-    metrics = reporting.compute_metrics(config.task.type, targets, scores, class_names,
-                                        threshold=config.evaluation.multilabel_threshold)
+    metrics = reporting.compute_metrics(
+        config.task.type, targets, scores, class_names, threshold=config.evaluation.multilabel_threshold
+    )
     if config.evaluation.worst_examples:
-        rows = reporting.worst_examples(config.task.type, targets, scores, class_names,
-                                        [modality.describe(records, i) for i in range(len(records))],
-                                        config.evaluation.worst_examples)
+        rows = reporting.worst_examples(
+            config.task.type,
+            targets,
+            scores,
+            class_names,
+            [modality.describe(records, i) for i in range(len(records))],
+            config.evaluation.worst_examples,
+        )
         for row in rows:
             row["source_row"] = records.rows[row["index"]]
         reporting.write_csv(rows, out_dir / f"{prefix}_worst_examples.csv")
     if "confusion_matrix" in metrics:
         out_dir.joinpath("plots").mkdir(exist_ok=True)
-        reporting.plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), class_names,
-                                        out_dir / "plots" / f"{prefix}_confusion_matrix.png")
+        reporting.plot_confusion_matrix(
+            np.asarray(metrics["confusion_matrix"]), class_names, out_dir / "plots" / f"{prefix}_confusion_matrix.png"
+        )
     return metrics
 
 
@@ -115,8 +137,9 @@ def evaluate_run(p: Prepared, history: list[dict], warnings: list[str], train_se
     run.plots.mkdir(exist_ok=True)
     steps_file = run / step_history.FILE_NAME
     if history and steps_file.exists():  # step curves with the validation points on top
-        step_history.plot_step_history(step_history.read_rows(steps_file), history, p.steps_per_epoch,
-                                       run.plots / "history.png")
+        step_history.plot_step_history(
+            step_history.read_rows(steps_file), history, p.steps_per_epoch, run.plots / "history.png"
+        )
     elif history:
         reporting.plot_history(history, run.plots / "history.png")
     results: dict = {"train_seconds": round(train_seconds, 1), "epochs_run": len(history)}
@@ -126,19 +149,34 @@ def evaluate_run(p: Prepared, history: list[dict], warnings: list[str], train_se
         if records is None:
             continue
         logits[split] = predict_logits(p.model, p.modality, records, p.targets[split], eval_batch_size(config))
-        results[split] = evaluate_records(p.model, p.modality, records, p.targets[split], config,
-                                          p.splits.classes.names, run.path, prefix=split, logits=logits[split])
+        results[split] = evaluate_records(
+            p.model,
+            p.modality,
+            records,
+            p.targets[split],
+            config,
+            p.splits.classes.names,
+            run.path,
+            prefix=split,
+            logits=logits[split],
+        )
     if config.evaluation.calibrate == "temperature":
         _calibrate(p, results, logits)
     (run / "metrics.json").write_text(json.dumps(results, indent=1))
     main = results.get("test") or results.get("validation") or {}
     plots = [str(path.relative_to(run.path)) for path in sorted(run.plots.glob("*.png"))]
-    summary = {"backbone": config.model.backbone.preset or config.model.backbone.name
-               or config.model.backbone.architecture, "task": f"{config.task.modality}/{config.task.type}",
-               "freeze": config.freeze.strategy, "optimizer": config.optimizer.name,
-               "learning_rate": config.optimizer.learning_rate, "schedule": config.schedule.name,
-               "epochs": config.training.epochs, "batch_size": config.training.batch_size,
-               "train_examples": len(p.splits.train), "train_seconds": round(train_seconds, 1)}
+    summary = {
+        "backbone": config.model.backbone.preset or config.model.backbone.name or config.model.backbone.architecture,
+        "task": f"{config.task.modality}/{config.task.type}",
+        "freeze": config.freeze.strategy,
+        "optimizer": config.optimizer.name,
+        "learning_rate": config.optimizer.learning_rate,
+        "schedule": config.schedule.name,
+        "epochs": config.training.epochs,
+        "batch_size": config.training.batch_size,
+        "train_examples": len(p.splits.train),
+        "train_seconds": round(train_seconds, 1),
+    }
     anchor = config.regularization.pretrained_anchor
     if anchor.kind != "none":
         summary["pretrained_anchor"] = f"{anchor.kind} alpha={anchor.alpha} beta={anchor.beta}"
@@ -164,9 +202,9 @@ def evaluate_finished_run(run_dir: Path, data: str | None) -> dict:
     from tfsft.data import BadRecords, ClassIndex
     from tfsft.data import _check_bad_fraction as check_bad_fraction
     from tfsft.errors import DataError
+    from tfsft.modalities import get_modality, modality_spec
     from tfsft.paths import resolve
     from tfsft.runs import load_run
-    from tfsft.modalities import get_modality, modality_spec
 
     config, class_names, model = load_run(run_dir)
     source = data or config.data.test
@@ -177,8 +215,9 @@ def evaluate_finished_run(run_dir: Path, data: str | None) -> dict:
         raise DataError(f"--data '{source}' does not exist. Give a file (or image folder) in the training format.")
     spec = modality_spec(config)
     if Path(path).is_dir() and not spec.accepts_folders:
-        raise DataError(f"--data '{source}' is a folder; this {config.task.modality} run needs "
-                        f"{spec.source_description}.")
+        raise DataError(
+            f"--data '{source}' is a folder; this {config.task.modality} run needs {spec.source_description}."
+        )
     modality = get_modality(config)
     bad = BadRecords(policy=config.data.on_bad_record)
     records = modality.read(path, bad)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 from tfsft.errors import TfsftError
 from tfsft.versions import model_name_problem, version_problem
@@ -15,7 +14,7 @@ class ExportError(TfsftError):
     """The export could not be written or did not reproduce the Keras model."""
 
 
-def run_state(run_dir: Path) -> Optional[str]:
+def run_state(run_dir: Path) -> str | None:
     """The state a run's status.json records ('completed', 'running', ...), or None when it has none."""
     try:
         state = json.loads((Path(run_dir) / "status.json").read_text()).get("state")
@@ -24,12 +23,14 @@ def run_state(run_dir: Path) -> Optional[str]:
     return state if isinstance(state, str) else None
 
 
-def check_name_and_version(name: str, version: Optional[int]) -> None:
+def check_name_and_version(name: str, version: int | None) -> None:
     """Refuse a model name or version TF Serving would not serve (or that would land outside the base path)."""
     problem = model_name_problem(name)
     if problem:
-        raise ExportError(f"The model name {problem}. It becomes the folder <base_path>/<name>/: pass --name "
-                          f"with a single folder name such as 'sentiment'.")
+        raise ExportError(
+            f"The model name {problem}. It becomes the folder <base_path>/<name>/: pass --name "
+            f"with a single folder name such as 'sentiment'."
+        )
     if version is not None and version_problem(version):
         raise ExportError(f"--version {version_problem(version)}. Omit --version to take the next free one.")
 
@@ -42,5 +43,7 @@ def check_run_completed(run_dir: Path, force: bool) -> None:
     state = run_state(run_dir)
     if state != "completed" and not force:
         said = f"its status.json says '{state}'" if state else "it has no readable status.json"
-        raise ExportError(f"The run '{run_dir}' did not complete: {said}. Export a completed run, or pass "
-                          f"--force to export its model as it is now.")
+        raise ExportError(
+            f"The run '{run_dir}' did not complete: {said}. Export a completed run, or pass "
+            f"--force to export its model as it is now."
+        )

@@ -6,11 +6,10 @@ TF-free (config checks import it): which units a stage trains is applied to a ba
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from tfsft.config import FreezeConfig
 
-TrainableUnits = Union[int, str]
+TrainableUnits = int | str
 
 
 @dataclass(frozen=True)

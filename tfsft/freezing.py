@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Optional
 
 import keras
 
@@ -53,8 +52,11 @@ def backbone_units(backbone: keras.Model, granularity: str = "block") -> list[Un
             (trailing if units else stem.layers).append(layer)
             continue
         groups = match.groupdict()
-        key = groups["stage"] if granularity == "stage" or "block" not in groups else \
-            f"{groups['stage']}_block{groups['block']}"
+        key = (
+            groups["stage"]
+            if granularity == "stage" or "block" not in groups
+            else f"{groups['stage']}_block{groups['block']}"
+        )
         if key not in by_name:
             by_name[key] = Unit(key)
             units.append(by_name[key])
@@ -86,8 +88,8 @@ class FreezePlan:
         starts_and_stages = stages_for(cfg)
         self.starts = [start for start, _ in starts_and_stages]
         self.stages = [stage for _, stage in starts_and_stages]
-        self.current_index: Optional[int] = None  # the stage entered last (None before the first)
-        self._applied: Optional[Stage] = None  # the trainable set on the backbone now
+        self.current_index: int | None = None  # the stage entered last (None before the first)
+        self._applied: Stage | None = None  # the trainable set on the backbone now
 
     def stage_index(self, epoch: int) -> int:
         return sum(1 for start in self.starts if start <= epoch) - 1
@@ -104,7 +106,7 @@ class FreezePlan:
         """The last stage: with every built-in strategy the one that trains the most (optimizer slots for it)."""
         return self.stages[-1]
 
-    def enter(self, epoch: int) -> Optional[Stage]:
+    def enter(self, epoch: int) -> Stage | None:
         """Make `epoch`'s stage current; returns it when it changed (None when it already was current)."""
         index = self.stage_index(epoch)
         if index == self.current_index:
@@ -192,6 +194,8 @@ class FreezingCallback(keras.callbacks.Callback):
         set_stage(self.model.optimizer, stage)
         # The train step captures the trainable variables when traced: trace it anew for the new set.
         self.model.make_train_function(force=True)
-        message = f"Epoch {epoch + 1}: freezing stage {self.plan.current_index}: " \
-                  f"{stage.describe(len(self.plan.blocks))}, LR factor {stage.lr_factor}"
+        message = (
+            f"Epoch {epoch + 1}: freezing stage {self.plan.current_index}: "
+            f"{stage.describe(len(self.plan.blocks))}, LR factor {stage.lr_factor}"
+        )
         print(message, flush=True)  # once: the log would repeat it on the same terminal

@@ -142,8 +142,13 @@ class FusedAdamUpdate:
         if cached is None:
             step = tf.cast(self.iterations + 1, dtype)
             beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-            cached = dict(beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), beta1=beta_1,
-                          beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype))
+            cached = dict(
+                beta1_power=tf.pow(beta_1, step),
+                beta2_power=tf.pow(beta_2, step),
+                beta1=beta_1,
+                beta2=beta_2,
+                epsilon=tf.cast(self.epsilon, dtype),
+            )
             if self._step_scalars is not None:
                 self._step_scalars[dtype] = cached
         return cached
@@ -156,9 +161,14 @@ class FusedAdamUpdate:
         dtype = variable.dtype
         index = self._get_variable_index(variable)
         momentum, velocity = self._momentums[index], self._velocities[index]
-        tf.raw_ops.ResourceApplyAdam(var=_handle(variable), m=_handle(momentum), v=_handle(velocity),
-                                     lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
-                                     **self._adam_scalars(dtype))
+        tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable),
+            m=_handle(momentum),
+            v=_handle(velocity),
+            lr=tf.cast(learning_rate, dtype),
+            grad=tf.cast(gradient, dtype),
+            **self._adam_scalars(dtype),
+        )
 
 
 def _handle(variable):

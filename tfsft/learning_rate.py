@@ -24,7 +24,6 @@ the formula for any step and variable: the logged learning rates (callbacks, ste
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -42,8 +41,16 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     Decay runs over the remaining `total_steps - warmup_steps` and never goes below `peak * min_ratio`.
     """
 
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, decay: str = "linear",
-                 min_ratio: float = 0.0, decay_rate: float = 0.5, decay_steps: int = 1):
+    def __init__(
+        self,
+        peak: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        decay: str = "linear",
+        min_ratio: float = 0.0,
+        decay_rate: float = 0.5,
+        decay_steps: int = 1,
+    ):
         self.peak = float(peak)
         self.total_steps = int(max(total_steps, 1))
         self.warmup_steps = int(min(warmup_steps, self.total_steps))
@@ -76,24 +83,36 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         return ops.where(step < warmup, warm, self.peak * shape)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "decay": self.decay, "min_ratio": self.min_ratio, "decay_rate": self.decay_rate,
-                "decay_steps": self.decay_steps}
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "decay": self.decay,
+            "min_ratio": self.min_ratio,
+            "decay_rate": self.decay_rate,
+            "decay_steps": self.decay_steps,
+        }
 
 
 def build_schedule(config: RunConfig, total_steps: int, steps_per_epoch: int) -> WarmupDecay:
     """peak x shape(step) of a run: `optimizer.learning_rate` shaped by the `schedule` section."""
     cfg = config.schedule
     warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * total_steps))
-    return WarmupDecay(peak=config.optimizer.learning_rate, total_steps=total_steps, warmup_steps=warmup,
-                       decay=cfg.name, min_ratio=cfg.min_lr_ratio, decay_rate=cfg.decay_rate,
-                       decay_steps=cfg.decay_steps or steps_per_epoch)
+    return WarmupDecay(
+        peak=config.optimizer.learning_rate,
+        total_steps=total_steps,
+        warmup_steps=warmup,
+        decay=cfg.name,
+        min_ratio=cfg.min_lr_ratio,
+        decay_rate=cfg.decay_rate,
+        decay_steps=cfg.decay_steps or steps_per_epoch,
+    )
 
 
 # ----------------------------------------------------------------------------------------- per-variable terms
 def unit_multiplier(cfg: FreezeConfig, depth: int) -> float:
     """backbone_lr_factor x layerwise_lr_decay ** depth: the multiplier of a backbone unit `depth` from the top."""
-    return cfg.backbone_lr_factor * cfg.layerwise_lr_decay ** depth
+    return cfg.backbone_lr_factor * cfg.layerwise_lr_decay**depth
 
 
 def backbone_multipliers(cfg: FreezeConfig, backbone: keras.Model, units) -> list[tuple]:
@@ -119,7 +138,7 @@ def applied(scheduled, stage_factor, multiplier):
     return scheduled * (stage_factor * multiplier)
 
 
-def get_lr(optimizer, step: Optional[int] = None, variable=None, multiplier: Optional[float] = None):
+def get_lr(optimizer, step: int | None = None, variable=None, multiplier: float | None = None):
     """The learning rate of update `step` (0-based; default: the next one) for `variable` (default: a head
     variable) or for an explicit per-variable `multiplier`, as a float32 tensor."""
     inner = unwrapped(optimizer)

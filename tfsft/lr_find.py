@@ -36,7 +36,7 @@ def smooth(losses, beta: float = SMOOTHING) -> np.ndarray:
     out, average = [], 0.0
     for i, loss in enumerate(losses, start=1):
         average = beta * average + (1 - beta) * float(loss)
-        out.append(average / (1 - beta ** i))
+        out.append(average / (1 - beta**i))
     return np.asarray(out)
 
 
@@ -59,7 +59,7 @@ def steepest(lrs: np.ndarray, losses: np.ndarray) -> int:
     lowest = int(np.argmin(losses))
     if lowest < 2:
         return lowest
-    slope = np.gradient(losses[:lowest + 1], np.log(lrs[:lowest + 1]))
+    slope = np.gradient(losses[: lowest + 1], np.log(lrs[: lowest + 1]))
     return int(np.argmin(slope))
 
 
@@ -86,9 +86,9 @@ def run_sweep(config, output: Path, start: float, end: float, steps: int) -> tup
     from tfsft.data import load_splits
     from tfsft.distribute import make_strategy
     from tfsft.freezing import FreezePlan
+    from tfsft.modalities import get_modality
     from tfsft.model import build_model, loss_for, metrics_for
     from tfsft.optim import build_optimizer
-    from tfsft.modalities import get_modality
 
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.distribute)
@@ -108,8 +108,12 @@ def run_sweep(config, output: Path, start: float, end: float, steps: int) -> tup
     with strategy.scope():
         backbone = modality.backbone()
         model = build_model(config, modality, backbone, num_outputs)
-        plan = FreezePlan(config.freeze, backbone, modality.unused_backbone_layers(backbone),
-                          pretrained=is_pretrained(config.model.backbone))
+        plan = FreezePlan(
+            config.freeze,
+            backbone,
+            modality.unused_backbone_layers(backbone),
+            pretrained=is_pretrained(config.model.backbone),
+        )
         # The sweep takes the schedule term of tfsft.learning_rate's formula; the stage and per-variable terms stay.
         optimizer = build_optimizer(config.optimizer, Sweep(), model)
         model.compile(optimizer=optimizer, loss=loss_for(config), metrics=metrics_for(config, num_outputs))
@@ -161,7 +165,8 @@ def write_outputs(output: Path, lrs, losses, suggestion: float, index: int, rule
         writer.writerows(zip(lrs, losses, smoothed))
     (output / "lr_override.yaml").write_text(
         f"# python -m tfsft.lr_find, {rule} rule; use: --config your.yaml --config {output / 'lr_override.yaml'}\n"
-        + yaml.safe_dump({"optimizer": {"learning_rate": float(f"{suggestion:.3g}")}}))
+        + yaml.safe_dump({"optimizer": {"learning_rate": float(f"{suggestion:.3g}")}})
+    )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(lrs, losses, color="tab:blue", alpha=0.3, lw=1, label="loss per batch")
@@ -185,14 +190,17 @@ def output_folder(config, given: str | None) -> Path:
     folder = Path(given) if given else Path("lr_find") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     runs = Path(config.output_dir).resolve()
     if folder.resolve() == runs or runs in folder.resolve().parents:
-        raise ConfigError(f"--output {folder} is inside output_dir ({config.output_dir}), where run directories "
-                          f"live: the range test never writes there. Give a folder outside it.")
+        raise ConfigError(
+            f"--output {folder} is inside output_dir ({config.output_dir}), where run directories "
+            f"live: the range test never writes there. Give a folder outside it."
+        )
     return folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tfsft.lr_find", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tfsft.lr_find", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", action="append", default=[], help="YAML config(s), as for tfsft.train.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--output", help="Folder for the plot, CSV and override file (default lr_find/<name>-<time>).")
@@ -221,12 +229,16 @@ def main(argv=None) -> int:
         output.mkdir(parents=True, exist_ok=True)
         lrs, losses = run_sweep(config, output, args.start, args.end, args.steps)
         if len(losses) < 3:
-            raise DataError(f"The loss diverged after {len(losses)} batch(es) of the sweep: start lower "
-                            f"(--start {args.start / 100:g}).")
+            raise DataError(
+                f"The loss diverged after {len(losses)} batch(es) of the sweep: start lower "
+                f"(--start {args.start / 100:g})."
+            )
         suggestion, index = suggest(lrs, losses, args.rule)
         write_outputs(output, lrs, losses, suggestion, index, args.rule)
-        print(f"Swept {len(lrs)} learning rates from {lrs[0]:.2e} to {lrs[-1]:.2e}"
-              f"{' (stopped: the loss diverged)' if len(lrs) < args.steps else ''}.")
+        print(
+            f"Swept {len(lrs)} learning rates from {lrs[0]:.2e} to {lrs[-1]:.2e}"
+            f"{' (stopped: the loss diverged)' if len(lrs) < args.steps else ''}."
+        )
         print(f"Suggested learning rate ({args.rule} rule): {suggestion:.3g}")
         print(f"Plot: {output / 'lr_find.png'}; override: --config {output / 'lr_override.yaml'}")
 

@@ -9,14 +9,29 @@ from __future__ import annotations
 import re
 
 # Any of these words makes a metric one to minimise; it wins over the words below ("f1_loss" is a loss).
-LOWER_IS_BETTER = frozenset({"loss", "error", "mae", "mse", "rmse", "msle", "mape", "crossentropy", "hinge",
-                             "huber", "logcosh", "kld", "poisson"})
+LOWER_IS_BETTER = frozenset(
+    {
+        "loss",
+        "error",
+        "mae",
+        "mse",
+        "rmse",
+        "msle",
+        "mape",
+        "crossentropy",
+        "hinge",
+        "huber",
+        "logcosh",
+        "kld",
+        "poisson",
+    }
+)
 # Any of these words makes a metric one to maximise.
 HIGHER_IS_BETTER = frozenset({"acc", "accuracy", "f1", "fbeta", "auc", "precision", "recall", "r2", "iou"})
 
 
 def metric_direction(name: str) -> str:
-    """"min" or "max" for a logged metric name. A name with none of the known words counts as a loss ("min"),
+    """ "min" or "max" for a logged metric name. A name with none of the known words counts as a loss ("min"),
     as Keras's own callbacks assume; set the explicit mode/direction for such a metric."""
     words = set(re.split(r"[^a-z0-9]+", name.lower()))
     if words & LOWER_IS_BETTER:

@@ -19,7 +19,7 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,9 +47,11 @@ def require_onnx_packages() -> None:
         try:
             importlib.import_module(package)
         except ImportError as exc:
-            raise ExportError(f"The ONNX export needs the packages tf2onnx and onnxruntime, and '{package}' cannot "
-                              f"be imported ({_first_line(exc)}). "
-                              f"Install them with: {INSTALL_HINT}") from None
+            raise ExportError(
+                f"The ONNX export needs the packages tf2onnx and onnxruntime, and '{package}' cannot "
+                f"be imported ({_first_line(exc)}). "
+                f"Install them with: {INSTALL_HINT}"
+            ) from None
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -71,7 +73,7 @@ def float32_model(model) -> tuple:
     return copy, mixed[0]
 
 
-def _mixed_name(config: dict) -> Optional[str]:
+def _mixed_name(config: dict) -> str | None:
     """The policy name when `config` is a serialized mixed-precision DTypePolicy (as in `get_config()`)."""
     policy = config.get("config") if config.get("class_name") == "DTypePolicy" else None
     name = str(policy.get("name", "")) if isinstance(policy, dict) else ""
@@ -111,12 +113,16 @@ def convert(model, path: Path) -> None:
             warnings.simplefilter("ignore")
             model.export(str(path), format="onnx", verbose=False)
     except Exception as exc:  # tf2onnx raises anything from KeyError to ValueError on an op it cannot map
-        raise ExportError(f"tf2onnx cannot convert this model to ONNX: {_first_line(exc)}. The SavedModel export "
-                          f"(--format savedmodel, the default) handles every model tfsft trains; use it with TF "
-                          f"Serving or `python -m tfsft.serve`.") from exc
+        raise ExportError(
+            f"tf2onnx cannot convert this model to ONNX: {_first_line(exc)}. The SavedModel export "
+            f"(--format savedmodel, the default) handles every model tfsft trains; use it with TF "
+            f"Serving or `python -m tfsft.serve`."
+        ) from exc
     if not path.is_file():
-        raise ExportError(f"tf2onnx finished without writing {path.name}. The SavedModel export "
-                          f"(--format savedmodel, the default) works for this model.")
+        raise ExportError(
+            f"tf2onnx finished without writing {path.name}. The SavedModel export "
+            f"(--format savedmodel, the default) works for this model."
+        )
 
 
 def name_tensors(path: Path, output_name: str, dynamic_axes: dict[int, str]) -> None:
@@ -144,14 +150,19 @@ def session(path: Path):
     try:
         return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ExportError(f"tf2onnx wrote an ONNX model that onnxruntime cannot load: {_first_line(exc)}. The "
-                          f"SavedModel export (--format savedmodel, the default) works for this model.") from exc
+        raise ExportError(
+            f"tf2onnx wrote an ONNX model that onnxruntime cannot load: {_first_line(exc)}. The "
+            f"SavedModel export (--format savedmodel, the default) works for this model."
+        ) from exc
 
 
 def _tensor_info(arg) -> dict:
     dtype = arg.type.removeprefix("tensor(").removesuffix(")")
-    return {"name": arg.name, "dtype": {"float": "float32", "double": "float64"}.get(dtype, dtype),
-            "shape": [d if isinstance(d, int) else (d or None) for d in arg.shape]}
+    return {
+        "name": arg.name,
+        "dtype": {"float": "float32", "double": "float64"}.get(dtype, dtype),
+        "shape": [d if isinstance(d, int) else (d or None) for d in arg.shape],
+    }
 
 
 # ----------------------------------------------------------------------------------------- verification
@@ -195,8 +206,15 @@ def preprocessing_doc(config: RunConfig, modality: Modality, ort_session, folder
     }
 
 
-def write_side_files(folder: Path, run_dir: Path, config: RunConfig, class_names: list[str], modality: Modality,
-                     ort_session, export_info: dict) -> None:
+def write_side_files(
+    folder: Path,
+    run_dir: Path,
+    config: RunConfig,
+    class_names: list[str],
+    modality: Modality,
+    ort_session,
+    export_info: dict,
+) -> None:
     """What a client needs beside model.onnx: preprocessing.json (+ vocabulary), classes, config, export record."""
     preprocessing = preprocessing_doc(config, modality, ort_session, folder)
     preprocessing["outputs"][0].update(_outputs_doc(config, class_names))
@@ -214,11 +232,15 @@ def _versions_info() -> dict:
     import tensorflow as tf
     import tf2onnx
 
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf2onnx": tf2onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
-def _opset(path: Path) -> Optional[int]:
+def _opset(path: Path) -> int | None:
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
@@ -226,8 +248,13 @@ def _opset(path: Path) -> Optional[int]:
 
 
 # ----------------------------------------------------------------------------------------- export
-def export_onnx(run_dir: str | Path, base_path: str | Path = "saved_models", name: Optional[str] = None,
-                version: Optional[int] = None, force: bool = False) -> Path:
+def export_onnx(
+    run_dir: str | Path,
+    base_path: str | Path = "saved_models",
+    name: str | None = None,
+    version: int | None = None,
+    force: bool = False,
+) -> Path:
     require_onnx_packages()
     source = open_export(run_dir, base_path, name, version, suffix=DIR_SUFFIX, force=force)
     run_dir, config, class_names, modality = source.run_dir, source.config, source.class_names, source.modality
@@ -243,19 +270,47 @@ def export_onnx(run_dir: str | Path, base_path: str | Path = "saved_models", nam
         difference = max_difference(ort_session, model, batch)
         examples = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
         if not difference <= VERIFY_TOLERANCE:  # `not <=` also catches NaN
-            raise ExportError(f"The ONNX model's outputs differ from the Keras model's by {difference:.2e} "
-                              f"(> {VERIFY_TOLERANCE}) on {examples} examples; nothing was exported. The SavedModel "
-                              f"export (--format savedmodel, the default) works for this model.")
-        write_side_files(staging, run_dir, config, class_names, modality, ort_session, {
-            "run": str(run_dir.resolve()), "name": name, "version": version, "format": "onnx",
-            "trained_dtype_policy": trained_policy, "exported_compute_dtype": "float32",
-            "opset": _opset(staging / MODEL_FILE), **_versions_info(),
-            "verification": {"examples": examples, "compared": "Keras model outputs vs onnxruntime (CPU), float32",
-                             "max_abs_difference": difference, "tolerance": VERIFY_TOLERANCE}})
+            raise ExportError(
+                f"The ONNX model's outputs differ from the Keras model's by {difference:.2e} "
+                f"(> {VERIFY_TOLERANCE}) on {examples} examples; nothing was exported. The SavedModel "
+                f"export (--format savedmodel, the default) works for this model."
+            )
+        write_side_files(
+            staging,
+            run_dir,
+            config,
+            class_names,
+            modality,
+            ort_session,
+            {
+                "run": str(run_dir.resolve()),
+                "name": name,
+                "version": version,
+                "format": "onnx",
+                "trained_dtype_policy": trained_policy,
+                "exported_compute_dtype": "float32",
+                "opset": _opset(staging / MODEL_FILE),
+                **_versions_info(),
+                "verification": {
+                    "examples": examples,
+                    "compared": "Keras model outputs vs onnxruntime (CPU), float32",
+                    "max_abs_difference": difference,
+                    "tolerance": VERIFY_TOLERANCE,
+                },
+            },
+        )
     target = source.model_dir / str(version)
-    log.info("Exported %s version %d -> %s (max |ONNX - Keras| %.1e on %d examples)", name, version,
-             target / MODEL_FILE, difference, examples)
-    log.warning("Preprocessing is NOT inside the ONNX model: clients must %s as described in %s.",
-                modality.onnx_client_steps,
-                target / "preprocessing.json")
+    log.info(
+        "Exported %s version %d -> %s (max |ONNX - Keras| %.1e on %d examples)",
+        name,
+        version,
+        target / MODEL_FILE,
+        difference,
+        examples,
+    )
+    log.warning(
+        "Preprocessing is NOT inside the ONNX model: clients must %s as described in %s.",
+        modality.onnx_client_steps,
+        target / "preprocessing.json",
+    )
     return target

@@ -48,14 +48,15 @@ def build_optimizer(cfg: OptimizerConfig, schedule, model: keras.Model) -> keras
         **clip,
     )
     if cfg.name == "adamw":
-        optimizer = AdamW(weight_decay=cfg.weight_decay, beta_1=cfg.beta_1, beta_2=cfg.beta_2,
-                          epsilon=cfg.epsilon, **common)
+        optimizer = AdamW(
+            weight_decay=cfg.weight_decay, beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon, **common
+        )
     elif cfg.name == "adam":
-        optimizer = Adam(weight_decay=cfg.weight_decay or None, beta_1=cfg.beta_1, beta_2=cfg.beta_2,
-                         epsilon=cfg.epsilon, **common)
+        optimizer = Adam(
+            weight_decay=cfg.weight_decay or None, beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon, **common
+        )
     else:
-        optimizer = SGD(momentum=cfg.momentum, nesterov=cfg.nesterov,
-                        weight_decay=cfg.weight_decay or None, **common)
+        optimizer = SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay or None, **common)
     if optimizer.weight_decay:
         optimizer.exclude_from_weight_decay(var_list=[v for v in model.weights if len(v.shape) <= 1])
     return optimizer

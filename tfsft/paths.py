@@ -19,7 +19,7 @@ def resolve(location: str, what: str = "path") -> str:
     """Return a filesystem path for `location`; non-package locations come back unchanged."""
     if not location.startswith(PACKAGE_PREFIX):
         return str(Path(location).expanduser())
-    spec_text = location[len(PACKAGE_PREFIX):].strip("/")
+    spec_text = location[len(PACKAGE_PREFIX) :].strip("/")
     package, _, sub = spec_text.partition("/")
     try:
         spec = importlib.util.find_spec(package)

@@ -8,8 +8,8 @@ The command line (`python -m tfsft.predict`: arguments, reading inputs, writing 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tfsft.errors import TfsftError
 from tfsft.versions import SAVED_MODEL_FILE, latest_version_dir
@@ -21,8 +21,10 @@ def resolve_version(model: Path) -> Path:
         return model
     latest = latest_version_dir(model)
     if latest is None:
-        raise TfsftError(f"--model '{model}' holds no SavedModel: give saved_models/<name> (its latest version is "
-                         f"used) or saved_models/<name>/<version>. Export one with python -m tfsft.export --run RUN.")
+        raise TfsftError(
+            f"--model '{model}' holds no SavedModel: give saved_models/<name> (its latest version is "
+            f"used) or saved_models/<name>/<version>. Export one with python -m tfsft.export --run RUN."
+        )
     return latest
 
 
@@ -40,8 +42,9 @@ def load_signature(version_dir: Path, signature: str):
     return loaded, fn
 
 
-def predict(version_dir: Path, items: list[tuple[str, bytes]], batch_size: int = 64,
-            signature: str = "serving_default") -> Iterator[dict]:
+def predict(
+    version_dir: Path, items: list[tuple[str, bytes]], batch_size: int = 64, signature: str = "serving_default"
+) -> Iterator[dict]:
     import tensorflow as tf
 
     _, fn = load_signature(version_dir, signature)
@@ -50,7 +53,7 @@ def predict(version_dir: Path, items: list[tuple[str, bytes]], batch_size: int =
         raise TfsftError(f"The model's {signature} takes {inputs}; predict supports single-input models.")
     name = inputs[0]
     for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
+        batch = items[start : start + batch_size]
         try:
             outputs = fn(**{name: tf.constant([raw for _, raw in batch])})
         except tf.errors.InvalidArgumentError as exc:
@@ -75,10 +78,14 @@ def _rejected(fn, name: str, batch: list, start: int, exc) -> TfsftError:
         try:
             fn(**{name: tf.constant([raw])})
         except tf.errors.InvalidArgumentError as single:
-            return TfsftError(f"The model rejected input {start + offset + 1} ('{label[:200]}'): "
-                              f"{clean_tf_message(single.message)}. Check it is a valid {name}.")
-    return TfsftError(f"The model rejected inputs {start + 1}..{start + len(batch)}: {clean_tf_message(exc.message)}. "
-                      f"Check they are valid {name}.")
+            return TfsftError(
+                f"The model rejected input {start + offset + 1} ('{label[:200]}'): "
+                f"{clean_tf_message(single.message)}. Check it is a valid {name}."
+            )
+    return TfsftError(
+        f"The model rejected inputs {start + 1}..{start + len(batch)}: {clean_tf_message(exc.message)}. "
+        f"Check they are valid {name}."
+    )
 
 
 def _decode(value):

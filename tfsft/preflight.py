@@ -25,11 +25,15 @@ def writable_folder_problem(location: str, key: str) -> str | None:
             break
         existing = existing.parent
     if not existing.is_dir():
-        return (f"{key} = '{location}' cannot be created: '{existing}' is a file, not a folder. Point {key} at a "
-                f"folder path.")
+        return (
+            f"{key} = '{location}' cannot be created: '{existing}' is a file, not a folder. Point {key} at a "
+            f"folder path."
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        return (f"{key} = '{location}' is not writable ('{existing}' does not allow writing for this user). "
-                f"Point {key} at a folder you can write to, or fix its permissions.")
+        return (
+            f"{key} = '{location}' is not writable ('{existing}' does not allow writing for this user). "
+            f"Point {key} at a folder you can write to, or fix its permissions."
+        )
     return None
 
 
@@ -38,11 +42,14 @@ def _check_source(location: str | None, key: str, folder_ok: bool) -> None:
         return
     path = Path(resolve(location, what=key))
     if not path.exists():
-        raise DataError(f"{key} = '{location}' does not exist (resolved to '{path.absolute()}'). Check the path; "
-                        f"relative paths are relative to the directory you run from.")
+        raise DataError(
+            f"{key} = '{location}' does not exist (resolved to '{path.absolute()}'). Check the path; "
+            f"relative paths are relative to the directory you run from."
+        )
     if path.is_dir() and not folder_ok:
-        raise DataError(f"{key} = '{location}' is a folder; give a CSV/TSV/JSONL file (folders of class folders "
-                        f"are for images).")
+        raise DataError(
+            f"{key} = '{location}' is a folder; give a CSV/TSV/JSONL file (folders of class folders are for images)."
+        )
     if not os.access(path, os.R_OK):
         raise DataError(f"{key} = '{location}' is not readable by this user. Fix its permissions.")
 
@@ -62,11 +69,14 @@ def check_resume(resume: str) -> None:
         return
     path = Path(resume)
     if not path.is_dir():
-        raise ConfigError(f"--resume '{resume}' is not a folder. Use auto, never or a run directory "
-                          f"(runs/<name>/<id>).")
+        raise ConfigError(
+            f"--resume '{resume}' is not a folder. Use auto, never or a run directory (runs/<name>/<id>)."
+        )
     if not (path / "config.yaml").is_file():
-        raise ConfigError(f"--resume '{resume}' is not a run directory (no config.yaml). Use auto, never or a run "
-                          f"directory (runs/<name>/<id>).")
+        raise ConfigError(
+            f"--resume '{resume}' is not a run directory (no config.yaml). Use auto, never or a run "
+            f"directory (runs/<name>/<id>)."
+        )
 
 
 def check_run_inputs(config, resume: str = "auto") -> None:
@@ -86,5 +96,8 @@ def check_run_inputs(config, resume: str = "auto") -> None:
         _check_file(config.text.vocabulary, "text.vocabulary", "a vocab.txt (one WordPiece token per line) or 'learn'")
     weights = config.model.backbone.weights
     if weights and weights not in ("none", "imagenet"):
-        _check_file(weights, "model.backbone.weights",
-                    "a weights file (e.g. a '.weights.h5' saved by model.save_weights or a run's backbone.weights.h5)")
+        _check_file(
+            weights,
+            "model.backbone.weights",
+            "a weights file (e.g. a '.weights.h5' saved by model.save_weights or a run's backbone.weights.h5)",
+        )

@@ -66,9 +66,11 @@ class PretrainedAnchor:
         if cfg.kind == "l2sp":
             what = f"L2-SP: alpha/2*||w - w0||^2 over {len(self.reference)} backbone variables (alpha={cfg.alpha})"
         else:
-            what = (f"feature anchor: alpha/2*mean||f - f0||^2 on pooled features (alpha={cfg.alpha}); costs a "
-                    f"second forward pass of a frozen pretrained backbone copy (and of the fine-tuned backbone) "
-                    f"per training step")
+            what = (
+                f"feature anchor: alpha/2*mean||f - f0||^2 on pooled features (alpha={cfg.alpha}); costs a "
+                f"second forward pass of a frozen pretrained backbone copy (and of the fine-tuned backbone) "
+                f"per training step"
+            )
         head = f", beta/2*||w||^2 over {len(self.head_variables)} head variables (beta={cfg.beta})" if cfg.beta else ""
         return f"Pretrained anchor: {what}{head}. Weight decay toward zero is off for the anchored variables."
 
@@ -130,8 +132,9 @@ class AnchorLogger(keras.callbacks.Callback):
 
 def _feature_models(model: keras.Model, backbone: keras.Model, modality: Modality):
     """(fine-tuned pooled features, frozen pretrained copy's pooled features), both from the model's inputs."""
-    head_input = next(model.get_layer(name).input for name in HEAD_INPUT_LAYERS
-                      if any(layer.name == name for layer in model.layers))
+    head_input = next(
+        model.get_layer(name).input for name in HEAD_INPUT_LAYERS if any(layer.name == name for layer in model.layers)
+    )
     tuned = keras.Model(model.input, head_input, name="anchor_tuned_features")
     copy = type(backbone).from_config(backbone.get_config())
     copy.set_weights(backbone.get_weights())
@@ -142,8 +145,9 @@ def _feature_models(model: keras.Model, backbone: keras.Model, modality: Modalit
     return tuned, frozen
 
 
-def build_anchor(cfg: PretrainedAnchorConfig, model: keras.Model, backbone: keras.Model, modality: Modality,
-                 optimizer) -> PretrainedAnchor | None:
+def build_anchor(
+    cfg: PretrainedAnchorConfig, model: keras.Model, backbone: keras.Model, modality: Modality, optimizer
+) -> PretrainedAnchor | None:
     """Call inside the strategy scope, after the backbone is built and before any checkpoint is restored."""
     if cfg.kind == "none":
         return None

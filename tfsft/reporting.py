@@ -17,12 +17,14 @@ from tfsft.task_types import task_type as task_type_named
 
 
 # ----------------------------------------------------------------------------------------- metrics
-def compute_metrics(task_type: str, y_true: np.ndarray, scores: np.ndarray, class_names: list[str],
-                    threshold: float = 0.5) -> dict:
+def compute_metrics(
+    task_type: str, y_true: np.ndarray, scores: np.ndarray, class_names: list[str], threshold: float = 0.5
+) -> dict:
     """JSON-serializable metrics. `scores` are probabilities (classification, multilabel) or values."""
     task = task_type_named(task_type)
-    return task.report_metrics(np.asarray(y_true, dtype=np.float64), np.asarray(scores, dtype=np.float64),
-                               class_names, threshold)
+    return task.report_metrics(
+        np.asarray(y_true, dtype=np.float64), np.asarray(scores, dtype=np.float64), class_names, threshold
+    )
 
 
 # ----------------------------------------------------------------------------------------- error analysis
@@ -122,8 +124,9 @@ def plot_confusion_matrix(matrix, class_names: list[str], path, normalize: bool 
     image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else max(float(shown.max()), 1.0))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     rotate = max(map(len, class_names), default=0) > 4
-    ax.set_xticks(range(n), class_names, rotation=45 if rotate else 0, ha="right" if rotate else "center",
-                  fontsize=font)
+    ax.set_xticks(
+        range(n), class_names, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=font
+    )
     ax.set_yticks(range(n), class_names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -133,8 +136,15 @@ def plot_confusion_matrix(matrix, class_names: list[str], path, normalize: bool 
             colour = "white" if shown[i, j] > dark else "black"
             if normalize:
                 ax.text(j, i - 0.12, f"{shown[i, j]:.2f}", ha="center", va="center", fontsize=font - 1, color=colour)
-                ax.text(j, i + 0.22, f"({int(matrix[i, j])})", ha="center", va="center", fontsize=max(font - 3, 4),
-                        color=colour)
+                ax.text(
+                    j,
+                    i + 0.22,
+                    f"({int(matrix[i, j])})",
+                    ha="center",
+                    va="center",
+                    fontsize=max(font - 3, 4),
+                    color=colour,
+                )
             else:
                 ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=font - 1, color=colour)
     ax.set_title("Confusion matrix (rows: true, normalized)" if normalize else "Confusion matrix (rows: true)")
@@ -159,14 +169,46 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines + [""]
 
 
-HEADLINES = ("accuracy", "macro_f1", "weighted_f1", "top_2_accuracy", "log_loss", "subset_accuracy", "micro_f1",
-             "macro_auc", "hamming_loss", "mae", "rmse", "r2", "pearson")
-HISTORY_KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "macro_f1", "val_macro_f1", "auc", "val_auc", "mae",
-                "val_mae", "loss_anchor", "learning_rate")
+HEADLINES = (
+    "accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "top_2_accuracy",
+    "log_loss",
+    "subset_accuracy",
+    "micro_f1",
+    "macro_auc",
+    "hamming_loss",
+    "mae",
+    "rmse",
+    "r2",
+    "pearson",
+)
+HISTORY_KEYS = (
+    "loss",
+    "val_loss",
+    "accuracy",
+    "val_accuracy",
+    "macro_f1",
+    "val_macro_f1",
+    "auc",
+    "val_auc",
+    "mae",
+    "val_mae",
+    "loss_anchor",
+    "learning_rate",
+)
 
 
-def render_report(run_name: str, metrics: dict, config_summary: dict, history: list[dict], warnings: list[str],
-                  plots: list[str], bad_records: int) -> str:
+def render_report(
+    run_name: str,
+    metrics: dict,
+    config_summary: dict,
+    history: list[dict],
+    warnings: list[str],
+    plots: list[str],
+    bad_records: int,
+) -> str:
     lines = [f"# Run report: {run_name}", ""]
     headline = [[key, metrics[key]] for key in HEADLINES if key in metrics]
     if headline:
@@ -174,15 +216,17 @@ def render_report(run_name: str, metrics: dict, config_summary: dict, history: l
         lines += _table(["metric", "value"], headline)
     if metrics.get("per_class"):
         lines += ["## Per class", ""]
-        lines += _table(["class", "precision", "recall", "F1", "support"],
-                        [[name, m["precision"], m["recall"], m["f1"], m["support"]]
-                         for name, m in metrics["per_class"].items()])
+        lines += _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [[name, m["precision"], m["recall"], m["f1"], m["support"]] for name, m in metrics["per_class"].items()],
+        )
     names = metrics.get("class_names", [])
     # Wider tables stop being readable in Markdown; the PNG covers those.
     if metrics.get("confusion_matrix") and len(names) <= 20:
         lines += ["## Confusion matrix (rows: true, columns: predicted)", ""]
-        lines += _table(["true \\ predicted", *names],
-                        [[name, *row] for name, row in zip(names, metrics["confusion_matrix"])])
+        lines += _table(
+            ["true \\ predicted", *names], [[name, *row] for name, row in zip(names, metrics["confusion_matrix"])]
+        )
     if history:
         keys = [k for k in HISTORY_KEYS if any(k in e for e in history)]
         lines += ["## Training history", ""]

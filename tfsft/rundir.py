@@ -11,7 +11,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -27,7 +26,7 @@ class RunDir:
     resumed: bool
     created: bool
     scratch: bool = False  # a non-chief worker's private folder, deleted after training
-    chief_path: Optional[Path] = None  # set on non-chief workers: the run directory the chief writes
+    chief_path: Path | None = None  # set on non-chief workers: the run directory the chief writes
 
     @property
     def restore_checkpoints(self) -> Path:
@@ -60,7 +59,7 @@ class RunDir:
         tmp.replace(self.path / STATUS_FILE)
 
 
-def _unfinished_twin(base: Path, config: RunConfig) -> Optional[Path]:
+def _unfinished_twin(base: Path, config: RunConfig) -> Path | None:
     if not base.is_dir():
         return None
     wanted = config.to_dict()
@@ -89,7 +88,9 @@ def open_run_dir(config: RunConfig, resume: str = "auto", write: bool = True) ->
     if resume not in ("auto", "never"):
         path = Path(resume)
         if not (path / "config.yaml").exists():
-            raise ConfigError(f"--resume {resume}: not a run directory (no config.yaml). Use auto, never or a run path.")
+            raise ConfigError(
+                f"--resume {resume}: not a run directory (no config.yaml). Use auto, never or a run path."
+            )
         return RunDir(path, resumed=True, created=False)
     if resume == "auto":
         twin = _unfinished_twin(base, config)

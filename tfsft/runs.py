@@ -15,26 +15,32 @@ def load_run(run_dir: str | Path):
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ConfigError(f"'{run_dir}' {'is a file' if run_dir.exists() else 'does not exist'}: pass the directory "
-                          f"of a finished run (runs/<name>/<id>).")
+        raise ConfigError(
+            f"'{run_dir}' {'is a file' if run_dir.exists() else 'does not exist'}: pass the directory "
+            f"of a finished run (runs/<name>/<id>)."
+        )
     for needed in ("config.yaml", "classes.json", "model.keras"):
         if not (run_dir / needed).exists():
             raise ConfigError(
                 f"'{run_dir}' has no {needed}: pass the directory of a finished run (runs/<name>/<id>), "
-                f"whose status.json says completed.")
+                f"whose status.json says completed."
+            )
     config = load_config([run_dir / "config.yaml"])
     try:
         classes = json.loads((run_dir / "classes.json").read_text())
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"'{run_dir / 'classes.json'}' cannot be read ({exc}); the run directory is "
-                          f"damaged.") from None
+        raise ConfigError(
+            f"'{run_dir / 'classes.json'}' cannot be read ({exc}); the run directory is damaged."
+        ) from None
     try:
         model = load_model_file(run_dir / "model.keras")
     except (ValueError, OSError, KeyError, TypeError) as exc:
         reason = " ".join(str(exc).split())[:200]
-        raise ConfigError(f"'{run_dir / 'model.keras'}' cannot be loaded ({type(exc).__name__}: {reason}); the run "
-                          f"directory is damaged or from an incompatible version. Retrain, or use another "
-                          f"run.") from None
+        raise ConfigError(
+            f"'{run_dir / 'model.keras'}' cannot be loaded ({type(exc).__name__}: {reason}); the run "
+            f"directory is damaged or from an incompatible version. Retrain, or use another "
+            f"run."
+        ) from None
     return config, classes, model
 
 

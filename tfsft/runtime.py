@@ -23,8 +23,21 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-             "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 @dataclass(frozen=True)
@@ -83,16 +96,23 @@ CHOSEN_BY_TFSFT = "TFSFT_SET_ONEDNN_OPTS"  # marks the variable as tfsft's choic
 def _onednn_choice(info: CpuInfo, environ) -> Choice:
     user = environ.get("TF_ENABLE_ONEDNN_OPTS")
     if user is not None and environ.get(CHOSEN_BY_TFSFT) != user:
-        return Choice("oneDNN kernels", "on" if user.strip() not in ("0", "false", "False") else "off",
-                      f"TF_ENABLE_ONEDNN_OPTS={user} was set by you")
+        return Choice(
+            "oneDNN kernels",
+            "on" if user.strip() not in ("0", "false", "False") else "off",
+            f"TF_ENABLE_ONEDNN_OPTS={user} was set by you",
+        )
     if info.machine.lower() not in ("x86_64", "amd64"):
         return Choice("oneDNN kernels", "TensorFlow's default", f"not an x86-64 CPU ({info.machine})")
     if info.isa == "older":
         return Choice("oneDNN kernels", "TensorFlow's default", "the CPU lacks AVX2 + FMA")
     environ["TF_ENABLE_ONEDNN_OPTS"] = environ[CHOSEN_BY_TFSFT] = "1"
-    return Choice("oneDNN kernels", "on", f"{info.isa.upper()} CPU: TensorFlow would use its Eigen kernels unless "
-                  "the CPU has AVX-512 VNNI/AMX; on an AVX2 CPU oneDNN trained MiniLM 1.18x and predicted 1.10x as "
-                  "fast (scripts/bench_train.py --eigen)")
+    return Choice(
+        "oneDNN kernels",
+        "on",
+        f"{info.isa.upper()} CPU: TensorFlow would use its Eigen kernels unless "
+        "the CPU has AVX-512 VNNI/AMX; on an AVX2 CPU oneDNN trained MiniLM 1.18x and predicted 1.10x as "
+        "fast (scripts/bench_train.py --eigen)",
+    )
 
 
 def configure(environ=None) -> list[Choice]:
@@ -132,8 +152,9 @@ def log_choices(logger: logging.Logger | None = None) -> None:
         logger.info("auto: %s%s", choice, suffix)
     intra = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
     inter = tf.config.threading.get_inter_op_parallelism_threads() or os.cpu_count()
-    logger.info("auto: TensorFlow thread pools = %s intra-op / %s inter-op: TensorFlow's default (one per core)",
-                intra, inter)
+    logger.info(
+        "auto: TensorFlow thread pools = %s intra-op / %s inter-op: TensorFlow's default (one per core)", intra, inter
+    )
 
 
 def tensorflow_build() -> str:

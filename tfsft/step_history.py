@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -25,7 +24,7 @@ class StepHistory:
     def __init__(self, path: Path, write: bool = True):
         self.path = Path(path)
         self.write = write
-        self.columns: Optional[list[str]] = None
+        self.columns: list[str] | None = None
         if self.path.exists():
             with open(self.path, newline="", encoding="utf-8") as handle:
                 self.columns = next(csv.reader(handle), None)
@@ -60,7 +59,8 @@ class StepHistory:
                 csv.writer(handle).writerow(self.columns)
         with open(self.path, "a", newline="", encoding="utf-8") as handle:
             csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore").writerow(
-                {k: _cell(v) for k, v in row.items()})
+                {k: _cell(v) for k, v in row.items()}
+            )
 
 
 def _cell(value):

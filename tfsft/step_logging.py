@@ -14,8 +14,8 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -50,7 +50,7 @@ class GradientNormProbe:
 
         wrap_clip_gradients(unwrapped(optimizer), observe)
 
-    def mean_and_reset(self) -> Optional[float]:
+    def mean_and_reset(self) -> float | None:
         count = float(self.count.numpy())
         value = float(self.total.numpy()) / count if count else None
         self.total.assign(0.0)
@@ -91,8 +91,10 @@ class AppliedLearningRates:
     def at(self, step: int) -> dict[str, float]:
         if not self.split:
             return {"learning_rate": self.base(step)}
-        return {"learning_rate/head": self.base(step),
-                "learning_rate/backbone": self._rate(step, self.backbone_factor) if self.backbone_trains else 0.0}
+        return {
+            "learning_rate/head": self.base(step),
+            "learning_rate/backbone": self._rate(step, self.backbone_factor) if self.backbone_trains else 0.0,
+        }
 
 
 # ----------------------------------------------------------------------------------------- step logger
@@ -100,9 +102,20 @@ class StepLogger(keras.callbacks.Callback):
     """Per-step scalars to TensorBoard (`logs/train_steps`, `logs/validation_steps`), `history_steps.csv` and
     the trackers (`sinks`: objects with `log_metrics(dict, step)`)."""
 
-    def __init__(self, cfg: LoggingConfig, run_dir: Path, log_dir: Path, steps_per_epoch: int, batch_size: int,
-                 rates: AppliedLearningRates, probe: Optional[GradientNormProbe] = None, validation=None,
-                 validation_steps: Optional[int] = None, sinks: Sequence = (), write: bool = True):
+    def __init__(
+        self,
+        cfg: LoggingConfig,
+        run_dir: Path,
+        log_dir: Path,
+        steps_per_epoch: int,
+        batch_size: int,
+        rates: AppliedLearningRates,
+        probe: GradientNormProbe | None = None,
+        validation=None,
+        validation_steps: int | None = None,
+        sinks: Sequence = (),
+        write: bool = True,
+    ):
         super().__init__()
         self.interval = cfg.interval(steps_per_epoch)
         self.validate_every = cfg.validate_every_steps if validation is not None else None
@@ -110,12 +123,14 @@ class StepLogger(keras.callbacks.Callback):
         self.rates, self.probe, self.sinks = rates, probe, list(sinks)
         self.validation, self.validation_steps = validation, validation_steps
         self.history = StepHistory(Path(run_dir) / FILE_NAME, write=write)
-        self.writers = {name: tf.summary.create_file_writer(str(Path(log_dir) / name)) if write else None
-                        for name in ("train_steps", "validation_steps")}
+        self.writers = {
+            name: tf.summary.create_file_writer(str(Path(log_dir) / name)) if write else None
+            for name in ("train_steps", "validation_steps")
+        }
         self.epoch = 0
         self._carry_sum = self._carry_n = 0.0  # steps of the previous epoch not yet logged
-        self._columns: Optional[list[str]] = None
-        self._metric_names: Optional[list[str]] = None
+        self._columns: list[str] | None = None
+        self._metric_names: list[str] | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     def _step(self) -> int:
@@ -156,9 +171,14 @@ class StepLogger(keras.callbacks.Callback):
         loss = (cumulative - self._cum_at_mark + self._carry_sum) / n if n else float("nan")
         seconds = self._elapsed()
         steps = step - self._steps_at_mark
-        row = {"step": step, "epoch": step / self.steps_per_epoch, "loss": loss, **self.rates.at(step),
-               "gradient_norm": self.probe.mean_and_reset() if self.probe else None,
-               "examples_per_second": steps * self.batch_size / seconds if seconds > 0 and steps > 0 else None}
+        row = {
+            "step": step,
+            "epoch": step / self.steps_per_epoch,
+            "loss": loss,
+            **self.rates.at(step),
+            "gradient_norm": self.probe.mean_and_reset() if self.probe else None,
+            "examples_per_second": steps * self.batch_size / seconds if seconds > 0 and steps > 0 else None,
+        }
         self._cum_at_mark, self._batches_at_mark = cumulative, self._batches
         self._carry_sum = self._carry_n = 0.0
         self._seconds, self._resumed_at, self._steps_at_mark = 0.0, time.perf_counter(), step
@@ -172,8 +192,11 @@ class StepLogger(keras.callbacks.Callback):
         for metric, values in zip(self.model.metrics, saved):
             for variable, value in zip(metric.variables, values):
                 variable.assign(value)
-        self._emit("validation_steps", {"step": step, "epoch": step / self.steps_per_epoch,
-                                        **{f"val_{k}": float(v) for k, v in results.items()}}, step)
+        self._emit(
+            "validation_steps",
+            {"step": step, "epoch": step / self.steps_per_epoch, **{f"val_{k}": float(v) for k, v in results.items()}},
+            step,
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -208,8 +231,7 @@ class StepLogger(keras.callbacks.Callback):
         if self._columns is None:
             names = ["loss", *(n for n in self._metric_names or [] if n != "loss")]
             val = [f"val_{n}" for n in names] if self.validation is not None else []
-            self._columns = ["step", "epoch", "loss", *self.rates.names, "gradient_norm", "examples_per_second",
-                             *val]
+            self._columns = ["step", "epoch", "loss", *self.rates.names, "gradient_norm", "examples_per_second", *val]
         return self._columns
 
 
@@ -232,8 +254,16 @@ def _duration(seconds: float) -> str:
 class ProgressLine(keras.callbacks.Callback):
     """One line every `every_steps` steps or `every_seconds` seconds, for logs without a terminal."""
 
-    def __init__(self, every_steps: Optional[int], every_seconds: float, steps_per_epoch: int, epochs: int,
-                 batch_size: int, rates: AppliedLearningRates, stream=None):
+    def __init__(
+        self,
+        every_steps: int | None,
+        every_seconds: float,
+        steps_per_epoch: int,
+        epochs: int,
+        batch_size: int,
+        rates: AppliedLearningRates,
+        stream=None,
+    ):
         super().__init__()
         self.every_steps, self.every_seconds = every_steps, every_seconds
         self.total = steps_per_epoch * epochs
@@ -257,26 +287,55 @@ class ProgressLine(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         rate = (step - self._last_step) * self.batch_size / max(now - self._last_time, 1e-9)
         per_step = (now - self._start_time) / max(step - self._start_step, 1)
-        line = (f"step {step}/{self.total}  epoch {self.epoch + 1}/{self.epochs}  "
-                f"loss {float(loss):.4f}  " if loss is not None else f"step {step}/{self.total}  ")
-        line += (f"lr {self.rates.base(step):.3g}  {rate:.1f} ex/s  "
-                 f"ETA {_duration(per_step * (self.total - step))}")
+        line = (
+            f"step {step}/{self.total}  epoch {self.epoch + 1}/{self.epochs}  loss {float(loss):.4f}  "
+            if loss is not None
+            else f"step {step}/{self.total}  "
+        )
+        line += f"lr {self.rates.base(step):.3g}  {rate:.1f} ex/s  ETA {_duration(per_step * (self.total - step))}"
         print(line, file=self.stream or sys.stdout, flush=True)
         self._last_time, self._last_step = now, step
 
 
-def monitoring_callbacks(cfg: LoggingConfig, model, plan, strategy, run, steps_per_epoch: int, epochs: int,
-                         batch_size: int, validation, validation_steps, sinks=(), write: bool = True) -> list:
+def monitoring_callbacks(
+    cfg: LoggingConfig,
+    model,
+    plan,
+    strategy,
+    run,
+    steps_per_epoch: int,
+    epochs: int,
+    batch_size: int,
+    validation,
+    validation_steps,
+    sinks=(),
+    write: bool = True,
+) -> list:
     """The StepLogger (and the progress line when stdout is not a terminal) for one run."""
     rates = AppliedLearningRates(model.optimizer, plan)
     probe = None
     if cfg.gradient_norm:
         with strategy.scope():
             probe = GradientNormProbe(model.optimizer)
-    callbacks = [StepLogger(cfg, run.path, run.logs, steps_per_epoch, batch_size, rates, probe, validation,
-                            validation_steps, sinks, write)]
+    callbacks = [
+        StepLogger(
+            cfg,
+            run.path,
+            run.logs,
+            steps_per_epoch,
+            batch_size,
+            rates,
+            probe,
+            validation,
+            validation_steps,
+            sinks,
+            write,
+        )
+    ]
     if progress_wanted(cfg.progress.enabled):
-        callbacks.append(ProgressLine(cfg.progress.every_steps, cfg.progress.every_seconds, steps_per_epoch, epochs,
-                                      batch_size, rates))
+        callbacks.append(
+            ProgressLine(
+                cfg.progress.every_steps, cfg.progress.every_seconds, steps_per_epoch, epochs, batch_size, rates
+            )
+        )
     return callbacks
-

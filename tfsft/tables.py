@@ -18,8 +18,8 @@ import io
 import json
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tfsft.errors import DataError
 
@@ -51,25 +51,28 @@ def read_text_file(path: str, encoding: str, encoding_key: str = "data.encoding"
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise DataError(f"Cannot read data file '{path}': {exc.strerror}. Check the path and its "
-                        f"permissions.") from None
+        raise DataError(
+            f"Cannot read data file '{path}': {exc.strerror}. Check the path and its permissions."
+        ) from None
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
-        bad = raw[exc.start:exc.start + 1].hex()
+        bad = raw[exc.start : exc.start + 1].hex()
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(
             f"Data file '{path}' is not valid {encoding}: byte 0x{bad} on line {line} cannot be decoded. "
             f"Re-save the file as UTF-8, or set {encoding_key} to its real encoding (e.g. latin-1, cp1252)."
         ) from None
     except LookupError:
-        raise DataError(f"{encoding_key} = '{encoding}' is not a known text encoding. Use e.g. utf-8 or "
-                        f"latin-1.") from None
+        raise DataError(
+            f"{encoding_key} = '{encoding}' is not a known text encoding. Use e.g. utf-8 or latin-1."
+        ) from None
     return text.lstrip("\ufeff")
 
 
-def read_table(path: str, fmt: str, encoding: str, bad, quoting: str = "auto",
-               encoding_key: str = "data.encoding") -> tuple[list[str], Iterator[tuple[int, dict]]]:
+def read_table(
+    path: str, fmt: str, encoding: str, bad, quoting: str = "auto", encoding_key: str = "data.encoding"
+) -> tuple[list[str], Iterator[tuple[int, dict]]]:
     """Column names and (start line, record) pairs of a CSV/TSV/JSONL file; bad records go to `bad`."""
     text = read_text_file(path, encoding, encoding_key)
     if fmt == "jsonl":
@@ -103,8 +106,9 @@ def _read_jsonl(path: str, text: str, bad) -> tuple[list[str], list[tuple[int, d
 
 def _read_delimited(path: str, text: str, delimiter: str, quotes: bool, bad) -> tuple[list[str], list]:
     csv.field_size_limit(FIELD_LIMIT)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
-                        quoting=csv.QUOTE_MINIMAL if quotes else csv.QUOTE_NONE)
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quotes else csv.QUOTE_NONE
+    )
     lines = _LINE_BREAK.split(text)
     columns: list[str] | None = None
     rows, multi_line, end = [], [], 0
@@ -125,26 +129,46 @@ def _read_delimited(path: str, text: str, delimiter: str, quotes: bool, bad) -> 
         while len(fields) > len(columns) and not fields[-1].strip():
             fields.pop()  # trailing empty fields ("a,b,")
         span = end - start + 1
-        swallowed = span > 1 and (len(fields) != len(columns)
-                                  or _swallowed_rows(lines[start:end], delimiter, len(columns)) >= 2)
+        swallowed = span > 1 and (
+            len(fields) != len(columns) or _swallowed_rows(lines[start:end], delimiter, len(columns)) >= 2
+        )
         if swallowed:
-            bad.add(path, start, f"a quoted field opened on line {start} runs over {span} lines to line {end}, "
-                                 f"swallowing what look like rows (a quote that is never closed?)",
-                    lines[start - 1], lines=span)
-            log.warning("%s: a quoted field opened on line %d swallows lines %d-%d; those lines are not read as "
-                        "records.", path, start, start + 1, end)
+            bad.add(
+                path,
+                start,
+                f"a quoted field opened on line {start} runs over {span} lines to line {end}, "
+                f"swallowing what look like rows (a quote that is never closed?)",
+                lines[start - 1],
+                lines=span,
+            )
+            log.warning(
+                "%s: a quoted field opened on line %d swallows lines %d-%d; those lines are not read as records.",
+                path,
+                start,
+                start + 1,
+                end,
+            )
             continue
         if len(fields) != len(columns):
             hint = "quote fields that contain a comma" if delimiter == "," else "a tab inside a field?"
-            bad.add(path, start, f"{len(fields)} fields where the header has {len(columns)} ({hint})",
-                    delimiter.join(fields))
+            bad.add(
+                path,
+                start,
+                f"{len(fields)} fields where the header has {len(columns)} ({hint})",
+                delimiter.join(fields),
+            )
             continue
         if span > 1:
             multi_line.append(start)
         rows.append((start, dict(zip(columns, fields))))
     if multi_line:
-        log.warning("%s: %d record(s) hold line breaks inside quoted fields (the first starts on line %d); each was "
-                    "read as one record.", path, len(multi_line), multi_line[0])
+        log.warning(
+            "%s: %d record(s) hold line breaks inside quoted fields (the first starts on line %d); each was "
+            "read as one record.",
+            path,
+            len(multi_line),
+            multi_line[0],
+        )
     return columns or [], rows
 
 
@@ -160,9 +184,14 @@ def _swallowed_rows(lines: list[str], delimiter: str, width: int) -> int:
 
 def _csv_error(path: str, start: int, line: int, exc: csv.Error, quotes: bool) -> str:
     if "field larger than field limit" in str(exc):
-        cause = (f"a quote opened on line {start} is never closed, or a field really is that long"
-                 if quotes else "a field really is that long")
-        return (f"'{path}': the record starting on line {start} has a field longer than {FIELD_LIMIT} characters "
-                f"(read up to line {line}): {cause}. Close the quote or shorten the field"
-                + (", or set data.quoting: none if the file uses no quoting." if quotes else "."))
+        cause = (
+            f"a quote opened on line {start} is never closed, or a field really is that long"
+            if quotes
+            else "a field really is that long"
+        )
+        return (
+            f"'{path}': the record starting on line {start} has a field longer than {FIELD_LIMIT} characters "
+            f"(read up to line {line}): {cause}. Close the quote or shorten the field"
+            + (", or set data.quoting: none if the file uses no quoting." if quotes else ".")
+        )
     return f"'{path}' cannot be read as a table at line {start}: {exc}. Fix that line (or the ones just before it)."

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 EPS = 1e-7
 
 
-def finite_or_none(value) -> Optional[float]:
+def finite_or_none(value) -> float | None:
     # NaN/inf are not valid JSON; None is, and reads as "undefined" in metrics.json and the report.
     if value is None:
         return None
@@ -94,8 +95,9 @@ class TaskType(ABC):
         return self.activate(np.asarray(outputs, dtype=np.float64), NUMPY_OPS)
 
     @abstractmethod
-    def serving_outputs(self, logits: Any, class_names: list[str], threshold: float, separator: str,
-                        top_k: int) -> dict[str, Any]:
+    def serving_outputs(
+        self, logits: Any, class_names: list[str], threshold: float, separator: str, top_k: int
+    ) -> dict[str, Any]:
         """The named outputs of the exported SavedModel's signatures, from float32 raw outputs (in graph)."""
 
     @abstractmethod
@@ -104,8 +106,7 @@ class TaskType(ABC):
 
     # ------------------------------------------------------------------------------------- report
     @abstractmethod
-    def report_metrics(self, y_true: np.ndarray, scores: np.ndarray, class_names: list[str],
-                       threshold: float) -> dict:
+    def report_metrics(self, y_true: np.ndarray, scores: np.ndarray, class_names: list[str], threshold: float) -> dict:
         """JSON-serializable metrics of float64 targets and scores (metrics.json, report.md)."""
 
     @abstractmethod
@@ -138,7 +139,7 @@ class Classification(TaskType):
     headline = ("accuracy", "macro_f1")
     score_output = "probabilities"
 
-    def parse_label(self, raw: object, separator: str) -> Optional[str]:
+    def parse_label(self, raw: object, separator: str) -> str | None:
         text = str(raw).strip()
         return text or None
 
@@ -150,15 +151,18 @@ class Classification(TaskType):
     def metrics(self, num_outputs: int) -> list:
         import keras
 
-        return [keras.metrics.CategoricalAccuracy(name="accuracy"),
-                keras.metrics.F1Score(average="macro", name="macro_f1")]
+        return [
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.F1Score(average="macro", name="macro_f1"),
+        ]
 
     def activate(self, outputs: Any, ops: ArrayOps) -> Any:  # softmax
         exp = ops.exp(outputs - ops.max(outputs, axis=-1, keepdims=True))
         return exp / ops.sum(exp, axis=-1, keepdims=True)
 
-    def serving_outputs(self, logits: Any, class_names: list[str], threshold: float, separator: str,
-                        top_k: int) -> dict[str, Any]:
+    def serving_outputs(
+        self, logits: Any, class_names: list[str], threshold: float, separator: str, top_k: int
+    ) -> dict[str, Any]:
         import tensorflow as tf
 
         names = tf.constant(class_names)
@@ -176,8 +180,7 @@ class Classification(TaskType):
     def onnx_output_meaning(self, threshold: float) -> str:
         return "logits, one per class in classes.json order; softmax gives probabilities"
 
-    def report_metrics(self, y_true: np.ndarray, scores: np.ndarray, class_names: list[str],
-                       threshold: float) -> dict:
+    def report_metrics(self, y_true: np.ndarray, scores: np.ndarray, class_names: list[str], threshold: float) -> dict:
         from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
         _f = finite_or_none
@@ -188,8 +191,9 @@ class Classification(TaskType):
         for average in ("macro", "weighted"):
             p, r, f, _ = precision_recall_fscore_support(true, pred, labels=labels, average=average, zero_division=0)
             out.update({f"{average}_precision": _f(p), f"{average}_recall": _f(r), f"{average}_f1": _f(f)})
-        out["per_class"] = _per_class(class_names, *precision_recall_fscore_support(true, pred, labels=labels,
-                                                                                    zero_division=0))
+        out["per_class"] = _per_class(
+            class_names, *precision_recall_fscore_support(true, pred, labels=labels, zero_division=0)
+        )
         out["confusion_matrix"] = confusion_matrix(true, pred, labels=labels).tolist()
         # Cross entropy against the full target row, so soft (MixUp-style) targets are scored correctly too.
         out["log_loss"] = _f(self.example_losses(y_true, scores).mean())
@@ -202,8 +206,11 @@ class Classification(TaskType):
 
     def example_columns(self, y_true: np.ndarray, scores: np.ndarray, class_names: list[str]) -> dict:
         predicted = int(scores.argmax())
-        return {"true": class_names[int(y_true.argmax())], "predicted": class_names[predicted],
-                "confidence": round(float(scores[predicted]), 6)}
+        return {
+            "true": class_names[int(y_true.argmax())],
+            "predicted": class_names[predicted],
+            "confidence": round(float(scores[predicted]), 6),
+        }
 
     def nll(self, logits: np.ndarray, targets: np.ndarray) -> float:
         shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -223,7 +230,7 @@ class Multilabel(TaskType):
     per_label_temperature = True
     reliability_axes = ("predicted probability", "observed frequency")
 
-    def parse_label(self, raw: object, separator: str) -> Optional[list[str]]:
+    def parse_label(self, raw: object, separator: str) -> list[str] | None:
         parts = raw if isinstance(raw, list) else str(raw).split(separator)
         labels = sorted({str(p).strip() for p in parts if str(p).strip()})
         return labels or None
@@ -236,14 +243,17 @@ class Multilabel(TaskType):
     def metrics(self, num_outputs: int) -> list:
         import keras
 
-        return [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy"),
-                keras.metrics.AUC(multi_label=True, num_labels=num_outputs, from_logits=True, name="auc")]
+        return [
+            keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy"),
+            keras.metrics.AUC(multi_label=True, num_labels=num_outputs, from_logits=True, name="auc"),
+        ]
 
     def activate(self, outputs: Any, ops: ArrayOps) -> Any:  # sigmoid, per label
         return 1.0 / (1.0 + ops.exp(-outputs))
 
-    def serving_outputs(self, logits: Any, class_names: list[str], threshold: float, separator: str,
-                        top_k: int) -> dict[str, Any]:
+    def serving_outputs(
+        self, logits: Any, class_names: list[str], threshold: float, separator: str, top_k: int
+    ) -> dict[str, Any]:
         import tensorflow as tf
 
         scores = self.activate(logits, tensorflow_ops())
@@ -258,23 +268,27 @@ class Multilabel(TaskType):
     def onnx_output_meaning(self, threshold: float) -> str:
         return f"logits, one per class in classes.json order; sigmoid >= {threshold} marks a label"
 
-    def report_metrics(self, y_true: np.ndarray, scores: np.ndarray, class_names: list[str],
-                       threshold: float) -> dict:
+    def report_metrics(self, y_true: np.ndarray, scores: np.ndarray, class_names: list[str], threshold: float) -> dict:
         from sklearn.metrics import hamming_loss, precision_recall_fscore_support, roc_auc_score
 
         _f = finite_or_none
         truth, pred = y_true >= 0.5, scores >= threshold
-        out = {"num_examples": int(len(truth)), "class_names": list(class_names), "threshold": float(threshold),
-               "subset_accuracy": _f(np.mean(np.all(truth == pred, axis=1))),
-               "hamming_loss": _f(hamming_loss(truth, pred))}
+        out = {
+            "num_examples": int(len(truth)),
+            "class_names": list(class_names),
+            "threshold": float(threshold),
+            "subset_accuracy": _f(np.mean(np.all(truth == pred, axis=1))),
+            "hamming_loss": _f(hamming_loss(truth, pred)),
+        }
         for average in ("micro", "macro"):
             p, r, f, _ = precision_recall_fscore_support(truth, pred, average=average, zero_division=0)
             out.update({f"{average}_precision": _f(p), f"{average}_recall": _f(r), f"{average}_f1": _f(f)})
         out["per_class"] = _per_class(class_names, *precision_recall_fscore_support(truth, pred, zero_division=0))
         # AUC is undefined for a label that is all-positive or all-negative in this split; skip, don't fail.
         scorable = [i for i in range(truth.shape[1]) if 0 < truth[:, i].sum() < len(truth)]
-        out["macro_auc"] = _f(np.mean([roc_auc_score(truth[:, i], scores[:, i]) for i in scorable])) \
-            if scorable else None
+        out["macro_auc"] = (
+            _f(np.mean([roc_auc_score(truth[:, i], scores[:, i]) for i in scorable])) if scorable else None
+        )
         return out
 
     def example_losses(self, y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -300,7 +314,7 @@ class Regression(TaskType):
     onnx_output = "value"
     has_classes = False
 
-    def parse_label(self, raw: object, separator: str) -> Optional[float]:
+    def parse_label(self, raw: object, separator: str) -> float | None:
         try:
             value = float(raw)  # type: ignore[arg-type]  # anything float() refuses is an invalid label
         except (TypeError, ValueError):
@@ -320,24 +334,29 @@ class Regression(TaskType):
     def activate(self, outputs: Any, ops: ArrayOps) -> Any:
         return outputs  # the value itself
 
-    def serving_outputs(self, logits: Any, class_names: list[str], threshold: float, separator: str,
-                        top_k: int) -> dict[str, Any]:
+    def serving_outputs(
+        self, logits: Any, class_names: list[str], threshold: float, separator: str, top_k: int
+    ) -> dict[str, Any]:
         return {self.score_output: self.activate(logits, tensorflow_ops())[:, 0]}
 
     def onnx_output_meaning(self, threshold: float) -> str:
         return "the predicted value (one column)"
 
-    def report_metrics(self, y_true: np.ndarray, scores: np.ndarray, class_names: list[str],
-                       threshold: float) -> dict:
+    def report_metrics(self, y_true: np.ndarray, scores: np.ndarray, class_names: list[str], threshold: float) -> dict:
         from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
         _f = finite_or_none
         y_true, y_pred = y_true.reshape(-1), scores.reshape(-1)
         mse = mean_squared_error(y_true, y_pred)
         constant = np.std(y_true) == 0 or np.std(y_pred) == 0  # correlation is undefined, not zero
-        return {"num_examples": int(len(y_true)), "mae": _f(mean_absolute_error(y_true, y_pred)), "mse": _f(mse),
-                "rmse": _f(math.sqrt(mse)), "r2": _f(r2_score(y_true, y_pred)) if len(y_true) > 1 else None,
-                "pearson": None if constant else _f(np.corrcoef(y_true, y_pred)[0, 1])}
+        return {
+            "num_examples": int(len(y_true)),
+            "mae": _f(mean_absolute_error(y_true, y_pred)),
+            "mse": _f(mse),
+            "rmse": _f(math.sqrt(mse)),
+            "r2": _f(r2_score(y_true, y_pred)) if len(y_true) > 1 else None,
+            "pearson": None if constant else _f(np.corrcoef(y_true, y_pred)[0, 1]),
+        }
 
     def example_losses(self, y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
         return np.abs(y_true.reshape(-1) - scores.reshape(-1))
@@ -348,8 +367,10 @@ class Regression(TaskType):
 
 def _per_class(names, precision, recall, f1, support) -> dict:
     _f = finite_or_none
-    return {name: {"precision": _f(p), "recall": _f(r), "f1": _f(f), "support": int(s)}
-            for name, p, r, f, s in zip(names, precision, recall, f1, support)}
+    return {
+        name: {"precision": _f(p), "recall": _f(r), "f1": _f(f), "support": int(s)}
+        for name, p, r, f, s in zip(names, precision, recall, f1, support)
+    }
 
 
 def _names(row: np.ndarray, names: list[str], threshold: float = 0.5) -> str:

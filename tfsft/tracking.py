@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlparse
 
 from tfsft.config import MlflowConfig, RunConfig, WandbConfig
@@ -38,8 +37,10 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def final_scalars(metrics: dict) -> dict:
     """metrics.json's numbers, flattened (`test.accuracy`, `validation.macro_f1`, ...), per-class tables left out."""
     skip = ("per_class", "confusion_matrix", "class_names")
-    tree = {split: {k: v for k, v in values.items() if k not in skip} if isinstance(values, dict) else values
-            for split, values in metrics.items()}
+    tree = {
+        split: {k: v for k, v in values.items() if k not in skip} if isinstance(values, dict) else values
+        for split, values in metrics.items()
+    }
     return {k: float(v) for k, v in flatten(tree).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -55,8 +56,7 @@ def mlflow_uri(cfg: MlflowConfig) -> str:
 class MlflowTracker:
     name = "mlflow"
 
-    def __init__(self, cfg: MlflowConfig, config: RunConfig, run_name: Optional[str] = None,
-                 tags: Optional[dict] = None):
+    def __init__(self, cfg: MlflowConfig, config: RunConfig, run_name: str | None = None, tags: dict | None = None):
         from mlflow.tracking import MlflowClient
 
         uri = mlflow_uri(cfg)
@@ -75,15 +75,16 @@ class MlflowTracker:
         tags = dict(tags or {})
         if cfg.parent_run_id:
             tags["mlflow.parentRunId"] = cfg.parent_run_id
-        self.run_id = self.client.create_run(self.experiment_id, run_name=run_name or config.name,
-                                             tags=tags).info.run_id
+        self.run_id = self.client.create_run(
+            self.experiment_id, run_name=run_name or config.name, tags=tags
+        ).info.run_id
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):  # the store's batch limit
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, scalars: dict, step: int) -> None:
         from mlflow.entities import Metric
@@ -96,7 +97,7 @@ class MlflowTracker:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
-    def log_file(self, path: Path, folder: Optional[str] = None) -> None:
+    def log_file(self, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
 
     def log_folder(self, path: Path, folder: str) -> None:
@@ -114,16 +115,24 @@ class MlflowTracker:
 class WandbTracker:
     name = "wandb"
 
-    def __init__(self, cfg: WandbConfig, config: RunConfig, run_name: Optional[str] = None):
+    def __init__(self, cfg: WandbConfig, config: RunConfig, run_name: str | None = None):
         import wandb
 
         directory = Path(cfg.dir or config.output_dir)
         directory.mkdir(parents=True, exist_ok=True)
         self.wandb = wandb
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, tags=list(cfg.tags) or None,
-                              group=cfg.group, name=run_name or config.name, config=config.to_dict(),
-                              dir=str(directory), reinit="create_new",
-                              settings=wandb.Settings(init_timeout=60, silent=True))
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            mode=cfg.mode,
+            tags=list(cfg.tags) or None,
+            group=cfg.group,
+            name=run_name or config.name,
+            config=config.to_dict(),
+            dir=str(directory),
+            reinit="create_new",
+            settings=wandb.Settings(init_timeout=60, silent=True),
+        )
 
     def log_params(self, params: dict) -> None:
         pass  # the resolved config went in with init (W&B's "config" is its parameter table)
@@ -134,9 +143,8 @@ class WandbTracker:
     def set_tags(self, tags: dict) -> None:
         self.run.summary.update({f"tfsft/{k}": str(v) for k, v in tags.items()})
 
-    def log_file(self, path: Path, folder: Optional[str] = None) -> None:
-        self.run.save(str(path), base_path=str(path.parent if folder is None else path.parent.parent),
-                      policy="now")
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        self.run.save(str(path), base_path=str(path.parent if folder is None else path.parent.parent), policy="now")
 
     def log_folder(self, path: Path, folder: str) -> None:
         for file in sorted(Path(path).rglob("*")):
@@ -175,7 +183,7 @@ class Trackers:
             tracker.log_params(flatten(config.to_dict()))
             tracker.set_tags({"run_dir": str(run_dir)})
 
-    def finish_run(self, run_dir: Path, metrics: dict, exported: Optional[Path] = None) -> None:
+    def finish_run(self, run_dir: Path, metrics: dict, exported: Path | None = None) -> None:
         scalars = final_scalars(metrics)
         for tracker in self.trackers:
             try:
@@ -211,7 +219,7 @@ def _last_step(run_dir: Path) -> int:
 EXTRA = {"wandb": "wandb", "mlflow": "mlflow"}
 
 
-def start_trackers(config: RunConfig, run_name: Optional[str] = None) -> Trackers:
+def start_trackers(config: RunConfig, run_name: str | None = None) -> Trackers:
     """Start every configured tracker, or fail (ConfigError) / warn (`tracking.required: false`) for each that
     cannot start. Called before the run directory is created."""
     started = []
@@ -220,17 +228,24 @@ def start_trackers(config: RunConfig, run_name: Optional[str] = None) -> Tracker
         if cfg is None:
             continue
         try:
-            started.append(MlflowTracker(cfg, config, run_name) if name == "mlflow"
-                           else WandbTracker(cfg, config, run_name))
+            started.append(
+                MlflowTracker(cfg, config, run_name) if name == "mlflow" else WandbTracker(cfg, config, run_name)
+            )
         except ImportError:
-            _fail(config, f"tracking.{name} is configured but the {name} package is not installed. Install it with "
-                          f"pip install 'tfsft[{EXTRA[name]}]', or remove tracking.{name} from the config")
+            _fail(
+                config,
+                f"tracking.{name} is configured but the {name} package is not installed. Install it with "
+                f"pip install 'tfsft[{EXTRA[name]}]', or remove tracking.{name} from the config",
+            )
         except Exception as exc:  # network, URI, credentials: whatever the client raises
             where = mlflow_uri(cfg) if name == "mlflow" else f"project {cfg.project!r} ({cfg.mode})"
-            _fail(config, f"tracking.{name} could not start a run at {where}: {type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0].rstrip('.') if str(exc).strip() else ''}. Check the setting "
-                          f"(and the network or credentials), use an offline mode (wandb mode: offline, a local "
-                          f"mlflow tracking_uri)")
+            _fail(
+                config,
+                f"tracking.{name} could not start a run at {where}: {type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0].rstrip('.') if str(exc).strip() else ''}. Check the setting "
+                f"(and the network or credentials), use an offline mode (wandb mode: offline, a local "
+                f"mlflow tracking_uri)",
+            )
     return Trackers(started)
 
 
@@ -246,7 +261,7 @@ class SearchParent:
     """A search's parent run (MLflow) / run group (W&B): `trial_base` puts every trial under it."""
 
     def __init__(self, base: RunConfig, search_name: str):
-        self.mlflow: Optional[MlflowTracker] = None
+        self.mlflow: MlflowTracker | None = None
         self.space = list(base.tune.space) if base.tune else []
         fields: dict = {}
         if base.tracking.wandb is not None:
@@ -256,11 +271,17 @@ class SearchParent:
                 self.mlflow = _search_run(base, search_name)
                 fields["tracking.mlflow.parent_run_id"] = self.mlflow.run_id
             except ImportError:
-                _fail(base, "tracking.mlflow is configured but the mlflow package is not installed. Install it "
-                            "with pip install 'tfsft[mlflow]', or remove tracking.mlflow from the config")
+                _fail(
+                    base,
+                    "tracking.mlflow is configured but the mlflow package is not installed. Install it "
+                    "with pip install 'tfsft[mlflow]', or remove tracking.mlflow from the config",
+                )
             except Exception as exc:
-                _fail(base, f"tracking.mlflow could not start the search's parent run at "
-                            f"{mlflow_uri(base.tracking.mlflow)}: {type(exc).__name__}: {exc}")
+                _fail(
+                    base,
+                    f"tracking.mlflow could not start the search's parent run at "
+                    f"{mlflow_uri(base.tracking.mlflow)}: {type(exc).__name__}: {exc}",
+                )
         self.fields = fields
 
     def trial_base(self, base: RunConfig) -> RunConfig:
@@ -270,7 +291,7 @@ class SearchParent:
             return base
         return validate(apply_overrides(base.to_dict(), [f"{k}={json.dumps(v)}" for k, v in self.fields.items()]))
 
-    def finish(self, root: Path, best: Optional[dict], ok: bool) -> None:
+    def finish(self, root: Path, best: dict | None, ok: bool) -> None:
         if self.mlflow is None:
             return
         try:
@@ -310,6 +331,7 @@ def _existing_search_run(base: RunConfig, search_name: str):
     experiment = client.get_experiment_by_name(cfg.experiment or base.name)
     if experiment is None:
         return None
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`tfsft.search` = '{search_name}'",
-                              max_results=1)
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`tfsft.search` = '{search_name}'", max_results=1
+    )
     return (cfg, uri, client, experiment.experiment_id, runs[0].info.run_id) if runs else None

@@ -12,7 +12,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -21,16 +20,24 @@ from tfsft.backbones import is_pretrained
 from tfsft.callbacks import EarlyStopping, Monitors, ResumableCheckpoint, TrainingState
 from tfsft.config import RunConfig
 from tfsft.data import Splits, load_splits
-from tfsft.distribute import (distribute_global_batches, drop_batches_smaller_than, is_chief, is_multi_worker,
-                              make_strategy, patch_keras_for_multi_worker, resolve_jit_compile, set_precision,
-                              with_class_weights)
+from tfsft.distribute import (
+    distribute_global_batches,
+    drop_batches_smaller_than,
+    is_chief,
+    is_multi_worker,
+    make_strategy,
+    patch_keras_for_multi_worker,
+    resolve_jit_compile,
+    set_precision,
+    with_class_weights,
+)
 from tfsft.errors import ConfigError, TfsftError, TrainingAborted
 from tfsft.evaluation import evaluate_run, evaluation_dataset
 from tfsft.freezing import FreezePlan, FreezingCallback
+from tfsft.learning_rate import build_schedule
 from tfsft.modalities import get_modality
 from tfsft.modalities.base import Modality
 from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
-from tfsft.learning_rate import build_schedule
 from tfsft.optim import build_optimizer
 from tfsft.regularization import PretrainedAnchor, build_anchor
 from tfsft.rundir import RunDir, open_run_dir
@@ -65,7 +72,7 @@ class Prepared:
     steps_per_epoch: int
     batch_size: int  # global: per-replica batch x replicas
     targets: dict
-    anchor: Optional[PretrainedAnchor] = None  # regularization.pretrained_anchor, captured before any restore
+    anchor: PretrainedAnchor | None = None  # regularization.pretrained_anchor, captured before any restore
 
 
 def _steps_per_epoch(config: RunConfig, n_train: int, batch_size: int) -> int:
@@ -98,8 +105,9 @@ def prepare(config: RunConfig, resume: str = "auto") -> Prepared:
         raise
 
 
-def _build(config: RunConfig, run: RunDir, splits: Splits, modality: Modality,
-           strategy: tf.distribute.Strategy) -> Prepared:
+def _build(
+    config: RunConfig, run: RunDir, splits: Splits, modality: Modality, strategy: tf.distribute.Strategy
+) -> Prepared:
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     run.set_status("running", resumed=run.resumed)
     (run / "classes.json").write_text(json.dumps(splits.classes.names, indent=1))
@@ -111,38 +119,58 @@ def _build(config: RunConfig, run: RunDir, splits: Splits, modality: Modality,
     precision = set_precision(config.distribute)
     modality.prepare(splits.train, run.path)
     num_outputs = len(splits.classes) if splits.classes.names else 1
-    targets = {name: splits.classes.targets(getattr(splits, name).labels, config.task.type)
-               for name in ("train", "validation", "test") if getattr(splits, name) is not None}
+    targets = {
+        name: splits.classes.targets(getattr(splits, name).labels, config.task.type)
+        for name in ("train", "validation", "test")
+        if getattr(splits, name) is not None
+    }
     batch_size = config.training.global_batch_size(strategy.num_replicas_in_sync)
     if batch_size < strategy.num_replicas_in_sync:
-        raise ConfigError(f"training.batch_size = {batch_size} is smaller than the {strategy.num_replicas_in_sync} "
-                          f"replicas it is split across: every replica needs at least one example per step. Use "
-                          f"a batch_size of at least {strategy.num_replicas_in_sync}, or set "
-                          f"training.per_replica_batch_size instead.")
+        raise ConfigError(
+            f"training.batch_size = {batch_size} is smaller than the {strategy.num_replicas_in_sync} "
+            f"replicas it is split across: every replica needs at least one example per step. Use "
+            f"a batch_size of at least {strategy.num_replicas_in_sync}, or set "
+            f"training.per_replica_batch_size instead."
+        )
     steps_per_epoch = _steps_per_epoch(config, len(splits.train), batch_size)
     total_steps = steps_per_epoch * config.training.epochs
 
     with strategy.scope():
         backbone = modality.backbone()
         model = build_model(config, modality, backbone, num_outputs)
-        plan = FreezePlan(config.freeze, backbone, modality.unused_backbone_layers(backbone),
-                          pretrained=is_pretrained(config.model.backbone))
+        plan = FreezePlan(
+            config.freeze,
+            backbone,
+            modality.unused_backbone_layers(backbone),
+            pretrained=is_pretrained(config.model.backbone),
+        )
         optimizer = build_optimizer(config.optimizer, build_schedule(config, total_steps, steps_per_epoch), model)
         # Built from the freshly loaded backbone: a checkpoint is only restored later, in fit_and_evaluate.
         anchor = build_anchor(config.regularization.pretrained_anchor, model, backbone, modality, optimizer)
-        model.compile(optimizer=optimizer, loss=loss_for(config), metrics=metrics_for(config, num_outputs),
-                      jit_compile=resolve_jit_compile(config.training.jit_compile),
-                      steps_per_execution=config.training.steps_per_execution)
+        model.compile(
+            optimizer=optimizer,
+            loss=loss_for(config),
+            metrics=metrics_for(config, num_outputs),
+            jit_compile=resolve_jit_compile(config.training.jit_compile),
+            steps_per_execution=config.training.steps_per_execution,
+        )
         plan.start(model, optimizer)
         patch_keras_for_multi_worker(model, strategy)
-    log.info("Precision policy %s, strategy %s (%d replicas), global batch %d", precision, type(strategy).__name__,
-             strategy.num_replicas_in_sync, batch_size)
-    return Prepared(config, run, splits, modality, strategy, model, backbone, plan, steps_per_epoch, batch_size,
-                    targets, anchor)
+    log.info(
+        "Precision policy %s, strategy %s (%d replicas), global batch %d",
+        precision,
+        type(strategy).__name__,
+        strategy.num_replicas_in_sync,
+        batch_size,
+    )
+    return Prepared(
+        config, run, splits, modality, strategy, model, backbone, plan, steps_per_epoch, batch_size, targets, anchor
+    )
 
 
-def train(config: RunConfig, resume: str = "auto", verbose: Optional[int] = None,
-          callbacks: Optional[list] = None) -> RunResult:
+def train(
+    config: RunConfig, resume: str = "auto", verbose: int | None = None, callbacks: list | None = None
+) -> RunResult:
     trackers = start_trackers(config) if is_chief() else Trackers([])  # a tracker that fails stops us here
     ok = False
     try:
@@ -155,8 +183,9 @@ def train(config: RunConfig, resume: str = "auto", verbose: Optional[int] = None
         trackers.finish(ok)
 
 
-def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Optional[list] = None,
-                     trackers: Optional[Trackers] = None) -> RunResult:
+def fit_and_evaluate(
+    p: Prepared, verbose: int | None = None, callbacks: list | None = None, trackers: Trackers | None = None
+) -> RunResult:
     """Fit (resuming from the run's checkpoint if there is one), then save and evaluate. `callbacks` run last.
 
     The steps: restore the checkpoint -> fit -> stop if the loss diverged -> restore the best weights -> save,
@@ -164,13 +193,24 @@ def fit_and_evaluate(p: Prepared, verbose: Optional[int] = None, callbacks: Opti
     state = TrainingState(p.run / "history.json")
     checkpoint, epochs_done, steps_done = _restore_checkpoint(p, state)
     print(p.plan.summary(p.model), flush=True)
-    monitors = Monitors.build(p.config.training, state, p.plan, p.run.checkpoints / "best.weights.h5", p.run.logs,
-                              has_validation=p.splits.validation is not None, write=is_chief())
+    monitors = Monitors.build(
+        p.config.training,
+        state,
+        p.plan,
+        p.run.checkpoints / "best.weights.h5",
+        p.run.logs,
+        has_validation=p.splits.validation is not None,
+        write=is_chief(),
+    )
     train_ds, class_weight, validation = _datasets(p)  # one validation set for fit and StepLogger's in-epoch one
     fit_callbacks = _callbacks(p, checkpoint, monitors, trackers, list(callbacks or []), validation)
-    fit_kwargs = dict(validation_data=validation, validation_steps=p.config.training.validation_steps,
-                      class_weight=class_weight, callbacks=fit_callbacks,
-                      verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+    fit_kwargs = dict(
+        validation_data=validation,
+        validation_steps=p.config.training.validation_steps,
+        class_weight=class_weight,
+        callbacks=fit_callbacks,
+        verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
+    )
     train_seconds = _fit(p, train_ds, fit_kwargs, epochs_done, steps_done, monitors.early_stopping)
     _stop_if_diverged(p, state)
     _restore_best_weights(p, monitors)
@@ -185,8 +225,9 @@ def _restore_checkpoint(p: Prepared, state: TrainingState) -> tuple[ResumableChe
     run = p.run
     # Every worker of a multi-worker cluster saves (saving may take part in collectives): non-chief workers into
     # their scratch folder. All restore from the chief's checkpoint so that they resume in the same state.
-    checkpoint = ResumableCheckpoint(run.checkpoints / "last", p.config.training.checkpoint_every_steps,
-                                     restore_from=run.restore_checkpoints)
+    checkpoint = ResumableCheckpoint(
+        run.checkpoints / "last", p.config.training.checkpoint_every_steps, restore_from=run.restore_checkpoints
+    )
     checkpoint.attach(p.model)
     restored = checkpoint.restore()
     epochs_done, steps_done = restored if restored else (0, 0)
@@ -196,8 +237,14 @@ def _restore_checkpoint(p: Prepared, state: TrainingState) -> tuple[ResumableChe
     return checkpoint, epochs_done, steps_done
 
 
-def _callbacks(p: Prepared, checkpoint: ResumableCheckpoint, monitors: Monitors, trackers: Optional[Trackers],
-               extra: list, validation) -> list:
+def _callbacks(
+    p: Prepared,
+    checkpoint: ResumableCheckpoint,
+    monitors: Monitors,
+    trackers: Trackers | None,
+    extra: list,
+    validation,
+) -> list:
     config, run = p.config, p.run
     return [
         FreezingCallback(p.plan),
@@ -206,10 +253,20 @@ def _callbacks(p: Prepared, checkpoint: ResumableCheckpoint, monitors: Monitors,
         checkpoint,
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run.logs), update_freq="epoch", write_graph=False),
-        *monitoring_callbacks(config.logging, p.model, p.plan, p.strategy, run, p.steps_per_epoch,
-                              config.training.epochs, p.batch_size, validation,
-                              config.training.validation_steps, sinks=[trackers] if trackers else (),
-                              write=is_chief()),
+        *monitoring_callbacks(
+            config.logging,
+            p.model,
+            p.plan,
+            p.strategy,
+            run,
+            p.steps_per_epoch,
+            config.training.epochs,
+            p.batch_size,
+            validation,
+            config.training.validation_steps,
+            sinks=[trackers] if trackers else (),
+            write=is_chief(),
+        ),
         *extra,
     ]
 
@@ -220,8 +277,9 @@ def _datasets(p: Prepared) -> tuple:
     train_ds = p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=p.batch_size)
     validation = None
     if p.splits.validation is not None:
-        validation, _ = evaluation_dataset(p.modality, p.splits.validation, p.targets["validation"], p.batch_size,
-                                           p.config.training.validation_steps)  # aggregated metrics only: any order
+        validation, _ = evaluation_dataset(
+            p.modality, p.splits.validation, p.targets["validation"], p.batch_size, p.config.training.validation_steps
+        )  # aggregated metrics only: any order
     class_weight = class_weight_map(p.config, p.targets["train"], p.splits.classes.names)
     replicas = p.strategy.num_replicas_in_sync
     if replicas > 1:
@@ -231,8 +289,9 @@ def _datasets(p: Prepared) -> tuple:
     return train_ds, class_weight, validation
 
 
-def _fit(p: Prepared, train_ds, fit_kwargs: dict, epochs_done: int, steps_done: int,
-         early_stopping: EarlyStopping) -> float:
+def _fit(
+    p: Prepared, train_ds, fit_kwargs: dict, epochs_done: int, steps_done: int, early_stopping: EarlyStopping
+) -> float:
     """Train the epochs left (finishing an epoch a mid-epoch checkpoint interrupted first); the seconds it took."""
     model, replicas = p.model, p.strategy.num_replicas_in_sync
 
@@ -247,12 +306,22 @@ def _fit(p: Prepared, train_ds, fit_kwargs: dict, epochs_done: int, steps_done: 
         # where it stopped. A checkpoint taken mid-epoch finishes that epoch first, with the steps it has left.
         in_epoch = steps_done - epochs_done * spe
         if 0 < in_epoch < spe:
-            model.fit(stream_from(steps_done), initial_epoch=epochs_done, epochs=epochs_done + 1,
-                      steps_per_epoch=spe - in_epoch, **fit_kwargs)
+            model.fit(
+                stream_from(steps_done),
+                initial_epoch=epochs_done,
+                epochs=epochs_done + 1,
+                steps_per_epoch=spe - in_epoch,
+                **fit_kwargs,
+            )
             epochs_done += 1
         if epochs_done < epochs and not model.stop_training:
-            model.fit(stream_from(epochs_done * spe), initial_epoch=epochs_done, epochs=epochs,
-                      steps_per_epoch=spe, **fit_kwargs)
+            model.fit(
+                stream_from(epochs_done * spe),
+                initial_epoch=epochs_done,
+                epochs=epochs,
+                steps_per_epoch=spe,
+                **fit_kwargs,
+            )
     return time.time() - started
 
 
@@ -276,12 +345,16 @@ def _restore_best_weights(p: Prepared, monitors: Monitors) -> None:
         return
     p.model.load_weights(str(best_file))
     best_index, _ = monitors.metric.best(monitors.history.state)
-    print(f"Restored the best weights (epoch {best_index + 1 if best_index is not None else '?'}, "
-          f"{monitors.metric.name}).", flush=True)
+    print(
+        f"Restored the best weights (epoch {best_index + 1 if best_index is not None else '?'}, "
+        f"{monitors.metric.name}).",
+        flush=True,
+    )
 
 
-def _save_evaluate_export(p: Prepared, state: TrainingState, monitors: Monitors, train_seconds: float,
-                          trackers: Optional[Trackers]) -> dict:
+def _save_evaluate_export(
+    p: Prepared, state: TrainingState, monitors: Monitors, train_seconds: float, trackers: Trackers | None
+) -> dict:
     """Chief only: model.keras and the backbone's weights, the evaluation and report, the SavedModel export."""
     config, run = p.config, p.run
     p.model.save(str(run / "model.keras"))

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 SAVED_MODEL_FILE = "saved_model.pb"
 MAX_VERSION = 2**63 - 1  # TF Serving parses version folders as int64
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # as config.py's run names, no leading dot
 
 
-def version_of(folder_name: str) -> Optional[int]:
+def version_of(folder_name: str) -> int | None:
     """The version number a folder name stands for, or None when it is not a version folder."""
     if not (folder_name.isascii() and folder_name.isdigit()):
         return None
@@ -30,7 +29,7 @@ def version_of(folder_name: str) -> Optional[int]:
     return version if version <= MAX_VERSION else None
 
 
-def version_folders(model_dir: Path, marker: Optional[str] = SAVED_MODEL_FILE) -> dict[int, Path]:
+def version_folders(model_dir: Path, marker: str | None = SAVED_MODEL_FILE) -> dict[int, Path]:
     """{version: folder} of `model_dir`'s version folders that hold `marker` (any folder when marker is None)."""
     try:
         children = list(Path(model_dir).iterdir())
@@ -46,7 +45,7 @@ def version_folders(model_dir: Path, marker: Optional[str] = SAVED_MODEL_FILE) -
     return found
 
 
-def latest_version_dir(model_dir: Path, marker: Optional[str] = SAVED_MODEL_FILE) -> Optional[Path]:
+def latest_version_dir(model_dir: Path, marker: str | None = SAVED_MODEL_FILE) -> Path | None:
     """The highest version folder holding `marker`, or None."""
     versions = version_folders(model_dir, marker)
     return versions[max(versions)] if versions else None
@@ -58,7 +57,7 @@ def next_version(model_dir: Path) -> int:
     return max(taken) + 1 if taken else 1
 
 
-def version_problem(version: int) -> Optional[str]:
+def version_problem(version: int) -> str | None:
     """Why `version` cannot name a new version folder (None if it can)."""
     if isinstance(version, bool) or not isinstance(version, int):
         return f"must be a whole number, got {version!r}"
@@ -69,7 +68,7 @@ def version_problem(version: int) -> Optional[str]:
     return None
 
 
-def model_name_problem(name: str) -> Optional[str]:
+def model_name_problem(name: str) -> str | None:
     """Why `name` cannot be a model folder under the base path (None if it can)."""
     if not name:
         return "must not be empty"

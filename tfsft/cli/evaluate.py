@@ -36,12 +36,14 @@ def check_arguments(run_dir: Path, data: str | None) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tfsft.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tfsft.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", required=True, type=Path, help="A finished run directory (runs/<name>/<id>).")
     parser.add_argument("--data", help="Evaluate on this file/folder instead of the run's test split.")
-    parser.add_argument("--verbose", action="store_true",
-                        help="Debug logging, and TensorFlow's own start-up lines (hidden by default).")
+    parser.add_argument(
+        "--verbose", action="store_true", help="Debug logging, and TensorFlow's own start-up lines (hidden by default)."
+    )
     args = parser.parse_args(argv)
     quiet_tensorflow(args.verbose)
     setup_logging(args.verbose)

@@ -26,15 +26,18 @@ def check_arguments(args) -> None:
     import codecs
 
     if not args.model.exists():
-        raise TfsftError(f"--model '{args.model}' does not exist. Give saved_models/<name> or "
-                         f"saved_models/<name>/<version> (export one with python -m tfsft.export --run RUN).")
+        raise TfsftError(
+            f"--model '{args.model}' does not exist. Give saved_models/<name> or "
+            f"saved_models/<name>/<version> (export one with python -m tfsft.export --run RUN)."
+        )
     if not args.model.is_dir():
         raise TfsftError(f"--model '{args.model}' is a file; give the model's folder (saved_models/<name>).")
     try:
         codecs.lookup(args.encoding)
     except LookupError:
-        raise TfsftError(f"--encoding '{args.encoding}' is not a known text encoding. Use e.g. utf-8 or "
-                         f"latin-1.") from None
+        raise TfsftError(
+            f"--encoding '{args.encoding}' is not a known text encoding. Use e.g. utf-8 or latin-1."
+        ) from None
     for file in args.input:
         path = Path(file)
         if not path.exists():
@@ -43,16 +46,19 @@ def check_arguments(args) -> None:
             raise TfsftError(f"--input '{file}' is a folder without images; give a txt/csv/tsv/jsonl file.")
     if args.output is not None:
         if args.output.is_dir():
-            raise TfsftError(f"--output '{args.output}' is a folder; give a file path (e.g. {args.output}/predictions."
-                             f"{args.format}).")
+            raise TfsftError(
+                f"--output '{args.output}' is a folder; give a file path (e.g. {args.output}/predictions."
+                f"{args.format})."
+            )
         parent = args.output.parent
         if not parent.is_dir():
             raise TfsftError(f"--output '{args.output}': its folder '{parent}' does not exist. Create it first.")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tfsft.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tfsft.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, type=Path, help="saved_models/<name> or .../<name>/<version>")
     parser.add_argument("inputs", nargs="*", help="Texts, or image files/folders.")
     parser.add_argument("--input", action="append", default=[], help="A file of inputs (txt/csv/jsonl; images).")

@@ -5,7 +5,7 @@ Part of the run's schema (tfsft.config, where they are imported from); no Tensor
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -28,28 +28,27 @@ class SplitConfig(Section):
     @model_validator(mode="after")
     def _leave_something_to_train(self):
         if self.validation + self.test >= 1.0:
-            raise ValueError(
-                f"validation ({self.validation}) + test ({self.test}) must be < 1 to leave training data"
-            )
+            raise ValueError(f"validation ({self.validation}) + test ({self.test}) must be < 1 to leave training data")
         return self
 
 
 class DataConfig(Section):
     train: str = Field(..., description="Training source: CSV/TSV/JSONL file or (images) a folder of class folders.")
-    validation: Optional[str] = None
-    test: Optional[str] = None
+    validation: str | None = None
+    test: str | None = None
     format: Literal["auto", "csv", "tsv", "jsonl", "image_folder"] = "auto"
     quoting: Literal["auto", "double_quote", "none"] = Field(
-        "auto", description="Quote rules of CSV/TSV files. auto: double_quote for CSV, none for TSV.")
+        "auto", description="Quote rules of CSV/TSV files. auto: double_quote for CSV, none for TSV."
+    )
     encoding: str = "utf-8"
     split: SplitConfig = SplitConfig()
     text_column: str = "text"
-    text_pair_column: Optional[str] = None
+    text_pair_column: str | None = None
     label_column: str = "label"
     path_column: str = "path"
     label_separator: str = Field("|", min_length=1, description="Separates labels of one multi-label record.")
-    classes: Optional[list[str]] = Field(None, description="Explicit class list; default: sorted labels seen in train.")
-    max_train_examples: Optional[int] = Field(None, ge=1, description="Keep a stratified subset of the training split.")
+    classes: list[str] | None = Field(None, description="Explicit class list; default: sorted labels seen in train.")
+    max_train_examples: int | None = Field(None, ge=1, description="Keep a stratified subset of the training split.")
     on_bad_record: Literal["skip", "fail"] = "skip"
     max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Fail when more records than this are bad.")
     shuffle_buffer: int = Field(10_000, ge=1)
@@ -70,9 +69,9 @@ class TextConfig(Section):
     bucket_boundaries: list[int] = Field(
         [16, 32, 48, 64, 96, 128, 192, 256, 384, 512],
         description="Training batches group examples whose lengths fall between the same two boundaries; every batch "
-                    "is then padded only to its own longest sequence (rounded up to 8).",
+        "is then padded only to its own longest sequence (rounded up to 8).",
     )
-    vocabulary: Optional[str] = Field(
+    vocabulary: str | None = Field(
         None, description="vocab.txt for backbones built from config; 'learn' builds a WordPiece vocabulary from train."
     )
     vocabulary_size: int = Field(2000, ge=100, description="Size of a learned vocabulary.")
@@ -104,14 +103,14 @@ class ImageConfig(Section):
 # ----------------------------------------------------------------------------------------- model
 class BackboneConfig(Section):
     source: Literal["keras_hub", "keras_applications"] = "keras_hub"
-    preset: Optional[str] = Field(
+    preset: str | None = Field(
         None,
         description="KerasHub preset name, local folder, hf:// or kaggle:// handle, or package:<python_pkg>/<subdir>.",
     )
-    name: Optional[str] = Field(None, description="keras.applications model (ResNet50, ResNet101V2, ...) ")
-    architecture: Optional[str] = Field(None, description="KerasHub backbone class built from `kwargs` (tiny models).")
+    name: str | None = Field(None, description="keras.applications model (ResNet50, ResNet101V2, ...) ")
+    architecture: str | None = Field(None, description="KerasHub backbone class built from `kwargs` (tiny models).")
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    weights: Optional[str] = Field(
+    weights: str | None = Field(
         None, description="keras.applications: imagenet | none | path; otherwise a .weights.h5 file to load."
     )
 

@@ -6,7 +6,7 @@ Part of the run's schema (tfsft.config, where they are imported from); no Tensor
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -16,7 +16,7 @@ from tfsft.config_schema.base import Section
 # ----------------------------------------------------------------------------------------- freezing
 class FreezeStage(Section):
     epoch: int = Field(..., ge=0, description="First epoch (0-based) of this stage.")
-    trainable_units: Union[int, Literal["all"]] = Field(..., description="Backbone units trained, counted from the top.")
+    trainable_units: int | Literal["all"] = Field(..., description="Backbone units trained, counted from the top.")
     lr_factor: float = Field(1.0, gt=0.0, description="Multiplies the scheduled learning rate during this stage.")
 
     @model_validator(mode="after")
@@ -29,7 +29,9 @@ class FreezeStage(Section):
 class FreezeConfig(Section):
     strategy: Literal["none", "backbone", "last_n", "gradual"] = "none"
     last_n: int = Field(2, ge=0, description="last_n: backbone units (blocks / transformer layers) left trainable.")
-    granularity: Literal["block", "stage"] = Field("block", description="Unit of last_n for CNNs: residual block or stage.")
+    granularity: Literal["block", "stage"] = Field(
+        "block", description="Unit of last_n for CNNs: residual block or stage."
+    )
     schedule: list[FreezeStage] = Field(
         default_factory=lambda: [
             FreezeStage(epoch=0, trainable_units=0),
@@ -39,11 +41,16 @@ class FreezeConfig(Section):
     )
     backbone_lr_factor: float = Field(1.0, gt=0.0, le=10.0, description="Backbone LR = head LR x this factor.")
     layerwise_lr_decay: float = Field(
-        1.0, gt=0.0, le=1.0, description="Layer-wise LR decay: a backbone unit's LR = head LR x backbone_lr_factor x "
-                                         "this^(depth from the top: 1 for the top unit, units+1... for the stem).")
-    train_batchnorm: Union[bool, Literal["auto"]] = Field(
-        "auto", description="Unfrozen BatchNorm layers learn and update their statistics. auto: only for a backbone "
-                            "without pretrained weights; pretrained BatchNorm stays in inference mode."
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Layer-wise LR decay: a backbone unit's LR = head LR x backbone_lr_factor x "
+        "this^(depth from the top: 1 for the top unit, units+1... for the stem).",
+    )
+    train_batchnorm: bool | Literal["auto"] = Field(
+        "auto",
+        description="Unfrozen BatchNorm layers learn and update their statistics. auto: only for a backbone "
+        "without pretrained weights; pretrained BatchNorm stays in inference mode.",
     )
 
     @model_validator(mode="after")
@@ -87,7 +94,7 @@ class ScheduleConfig(Section):
     warmup_steps: int = Field(0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Warmup as a fraction of all steps (if steps=0).")
     decay_rate: float = Field(0.5, gt=0.0, le=1.0, description="exponential: factor per decay_steps.")
-    decay_steps: Optional[int] = Field(None, ge=1, description="exponential: default one epoch.")
+    decay_steps: int | None = Field(None, ge=1, description="exponential: default one epoch.")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Floor of cosine/linear/exponential decay.")
 
 
@@ -96,11 +103,14 @@ class PretrainedAnchorConfig(Section):
     """Keep the fine-tuned backbone near the pretrained one (tfsft/regularization.py)."""
 
     kind: Literal["none", "l2sp", "features"] = Field(
-        "none", description="l2sp: alpha/2 ||w - w0||^2 over the backbone; features: alpha/2 * mean ||f - f0||^2 "
-                            "between pooled features of the backbone and a frozen pretrained copy (2nd forward pass).")
+        "none",
+        description="l2sp: alpha/2 ||w - w0||^2 over the backbone; features: alpha/2 * mean ||f - f0||^2 "
+        "between pooled features of the backbone and a frozen pretrained copy (2nd forward pass).",
+    )
     alpha: float = Field(0.01, ge=0.0, le=1e6, description="Weight of the pretrained anchor.")
-    beta: float = Field(0.0, ge=0.0, le=1e6,
-                        description="beta/2 ||w||^2 over the new head (replaces its weight decay).")
+    beta: float = Field(
+        0.0, ge=0.0, le=1e6, description="beta/2 ||w||^2 over the new head (replaces its weight decay)."
+    )
 
 
 class RegularizationConfig(Section):
@@ -119,23 +129,31 @@ class EarlyStoppingConfig(Section):
 
 class TrainingConfig(Section):
     epochs: int = Field(3, ge=1, le=10_000)
-    batch_size: int = Field(32, ge=1, description="Global batch size: one optimizer step sees this many examples, "
-                                                  "split evenly across the replicas.")
-    per_replica_batch_size: Optional[int] = Field(
-        None, ge=1, description="Set instead of batch_size to fix the batch per device: the global batch becomes "
-                                "this x the number of replicas (all GPUs of all workers).")
-    steps_per_epoch: Optional[int] = Field(None, ge=1, description="Cap the steps of each epoch (quick runs).")
-    validation_steps: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="Global batch size: one optimizer step sees this many examples, split evenly across the replicas.",
+    )
+    per_replica_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Set instead of batch_size to fix the batch per device: the global batch becomes "
+        "this x the number of replicas (all GPUs of all workers).",
+    )
+    steps_per_epoch: int | None = Field(None, ge=1, description="Cap the steps of each epoch (quick runs).")
+    validation_steps: int | None = Field(None, ge=1)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    class_weights: Union[Literal["none", "balanced"], dict[str, float]] = "none"
+    class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     overfit_patience: int = Field(2, ge=1, description="Warn when val loss rises this many epochs while train falls.")
-    checkpoint_every_steps: Optional[int] = Field(
+    checkpoint_every_steps: int | None = Field(
         None, ge=1, description="Also save a resumable checkpoint every N steps (default: each epoch end)."
     )
-    jit_compile: Union[bool, Literal["auto"]] = Field(
-        "auto", description="XLA compilation of the train step. auto: on for GPU/TPU, off on CPU (measured slower "
-                            "there: see scripts/bench_train.py).")
+    jit_compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="XLA compilation of the train step. auto: on for GPU/TPU, off on CPU (measured slower "
+        "there: see scripts/bench_train.py).",
+    )
     steps_per_execution: int = Field(1, ge=1)
 
     @model_validator(mode="after")

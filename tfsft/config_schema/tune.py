@@ -5,7 +5,7 @@ Part of the run's schema (tfsft.config, where they are imported from); no Tensor
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -19,12 +19,12 @@ class TuneParameter(Section):
     field holds one of the listed values, e.g. `freeze.last_n` only `when: {freeze.strategy: [last_n]}`."""
 
     type: Literal["float", "int", "choice"]
-    min: Optional[float] = None
-    max: Optional[float] = None
+    min: float | None = None
+    max: float | None = None
     sampling: Literal["linear", "log"] = "linear"
-    step: Optional[float] = Field(None, gt=0, description="int: step between values; float: optional grid step.")
-    values: Optional[list[Union[bool, int, float, str]]] = Field(None, min_length=1)
-    when: dict[str, list[Union[bool, int, float, str]]] = Field(default_factory=dict)
+    step: float | None = Field(None, gt=0, description="int: step between values; float: optional grid step.")
+    values: list[bool | int | float | str] | None = Field(None, min_length=1)
+    when: dict[str, list[bool | int | float | str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _shape(self):
@@ -49,12 +49,16 @@ class TuneConfig(Section):
     direction: Literal["auto", "min", "max"] = Field("auto", description="auto: from the name (metric_direction.py).")
     max_trials: int = Field(10, ge=1, le=100_000)
     executions_per_trial: int = Field(1, ge=1, le=100, description="Trainings per trial (different seeds), averaged.")
-    max_epochs: Optional[int] = Field(None, ge=1, description="hyperband: the epoch budget of the longest trial "
-                                                              "(default training.epochs).")
+    max_epochs: int | None = Field(
+        None, ge=1, description="hyperband: the epoch budget of the longest trial (default training.epochs)."
+    )
     hyperband_factor: int = Field(3, ge=2)
-    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1, description="Seed of the search (default: the run's seed).")
-    isolate_trials: bool = Field(True, description="Train each trial in a fresh process: the search's memory stays "
-                                                   "flat (costs a TensorFlow import per trial).")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed of the search (default: the run's seed).")
+    isolate_trials: bool = Field(
+        True,
+        description="Train each trial in a fresh process: the search's memory stays "
+        "flat (costs a TensorFlow import per trial).",
+    )
     space: dict[str, TuneParameter] = Field(..., min_length=1, description="Dotted config field -> parameter.")
 
     def objective_direction(self) -> str:

@@ -31,10 +31,19 @@ class ModalitySpec:
 
 
 MODALITIES: dict[str, ModalitySpec] = {
-    "text": ModalitySpec("tfsft.modalities.text", "TextModality", accepts_folders=False,
-                         source_description="a CSV/TSV/JSONL file", reads_vocabulary=True),
-    "image": ModalitySpec("tfsft.modalities.image", "ImageModality", accepts_folders=True,
-                          source_description="a folder of class folders or a CSV/TSV/JSONL file of image paths"),
+    "text": ModalitySpec(
+        "tfsft.modalities.text",
+        "TextModality",
+        accepts_folders=False,
+        source_description="a CSV/TSV/JSONL file",
+        reads_vocabulary=True,
+    ),
+    "image": ModalitySpec(
+        "tfsft.modalities.image",
+        "ImageModality",
+        accepts_folders=True,
+        source_description="a folder of class folders or a CSV/TSV/JSONL file of image paths",
+    ),
 }
 
 

@@ -13,8 +13,9 @@ config.py.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import keras
 import numpy as np
@@ -64,7 +65,7 @@ class Modality(ABC):
         """
 
     @abstractmethod
-    def evaluation_order(self, records: Records, block: Optional[int] = None) -> np.ndarray:
+    def evaluation_order(self, records: Records, block: int | None = None) -> np.ndarray:
         """The order to run forward passes outside training in (a permutation of `range(len(records))`).
 
         Evaluation and validation batches follow it, and outputs are put back in record order
@@ -126,8 +127,14 @@ class Modality(ABC):
         """That preprocessing in a few words, completing 'clients must ...' ('tokenize and pack texts')."""
 
 
-def table_records(path: str, config: RunConfig, bad: BadRecords, needed: dict[str, str], columns: list[str],
-                  inputs_of: Callable[[int, dict], Optional[dict[str, Any]]]) -> Records:
+def table_records(
+    path: str,
+    config: RunConfig,
+    bad: BadRecords,
+    needed: dict[str, str],
+    columns: list[str],
+    inputs_of: Callable[[int, dict], dict[str, Any] | None],
+) -> Records:
     """The records of a CSV/TSV/JSONL table: `inputs_of(row number, row)` -> the row's inputs by column.
 
     `needed` maps config keys to the table columns that must exist. A row `inputs_of` rejects (it returns None

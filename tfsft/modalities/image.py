@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import keras
 import numpy as np
@@ -76,8 +76,12 @@ class ImageModality(Modality):
                     rows.append(str(file.relative_to(root)))  # a folder's "row" is the file's path in it
                     found += 1
                 elif file.is_file() and not file.name.startswith("."):
-                    bad.add(root, str(file.relative_to(root)),
-                            f"not an image file (extension {file.suffix or 'none'})", str(file))
+                    bad.add(
+                        root,
+                        str(file.relative_to(root)),
+                        f"not an image file (extension {file.suffix or 'none'})",
+                        str(file),
+                    )
             if not found:
                 empty.append(class_dir.name)
         if empty:
@@ -92,7 +96,7 @@ class ImageModality(Modality):
         data = self.config.data
         base = Path(path).parent
 
-        def inputs_of(number: int, record: dict) -> Optional[dict[str, str]]:
+        def inputs_of(number: int, record: dict) -> dict[str, str] | None:
             raw_path = str(record.get(data.path_column) or "").strip()
             if not raw_path:
                 bad.add(path, number, f"empty image path in column '{data.path_column}'")
@@ -107,7 +111,7 @@ class ImageModality(Modality):
         return table_records(path, self.config, bad, needed, ["path"], inputs_of)
 
     def _drop_unreadable(self, records: Records, bad: BadRecords) -> Records:
-        def check(file: str) -> Optional[str]:
+        def check(file: str) -> str | None:
             try:
                 data = tf.io.read_file(file)
                 tf.io.decode_image(data, channels=self.channels, expand_animations=False)
@@ -122,8 +126,12 @@ class ImageModality(Modality):
             if problem is None:
                 keep.append(i)
             else:
-                bad.add(records.source, records.rows[i], f"corrupt or unreadable image ({problem})",
-                        records.inputs["path"][i])
+                bad.add(
+                    records.source,
+                    records.rows[i],
+                    f"corrupt or unreadable image ({problem})",
+                    records.inputs["path"][i],
+                )
         return records.subset(keep)
 
     def describe(self, records: Records, index: int) -> dict[str, Any]:
@@ -133,7 +141,7 @@ class ImageModality(Modality):
         pass  # nothing is learned from the data: pixels go straight in
 
     # ------------------------------------------------------------------------------------- tf.data
-    def evaluation_order(self, records: Records, block: Optional[int] = None) -> np.ndarray:
+    def evaluation_order(self, records: Records, block: int | None = None) -> np.ndarray:
         """Record order for forward passes outside training: file order, since every image costs the same."""
         return np.arange(len(records))
 
@@ -156,8 +164,9 @@ class ImageModality(Modality):
         if aug.zoom:
             layers.append(keras.layers.RandomZoom(aug.zoom, seed=self.config.seed))
         if aug.rand_augment and self.channels == 3:
-            layers.append(keras.layers.RandAugment(value_range=(0, 255), factor=aug.rand_augment_magnitude,
-                                                   seed=self.config.seed))
+            layers.append(
+                keras.layers.RandAugment(value_range=(0, 255), factor=aug.rand_augment_magnitude, seed=self.config.seed)
+            )
         mixers = []
         if aug.mixup_alpha:
             mixers.append(keras.layers.MixUp(alpha=aug.mixup_alpha, seed=self.config.seed))
@@ -203,8 +212,11 @@ class ImageModality(Modality):
         if signature == "serving_pixels":
             return inputs["pixels"]
         spec = tf.TensorSpec([*self.size, self.channels], tf.float32)
-        return tf.map_fn(lambda encoded: decode_and_resize(encoded, self.size, self.channels),
-                         inputs["image_bytes"], fn_output_signature=spec)
+        return tf.map_fn(
+            lambda encoded: decode_and_resize(encoded, self.size, self.channels),
+            inputs["image_bytes"],
+            fn_output_signature=spec,
+        )
 
     def serving_resources(self) -> list[Any]:
         return []

@@ -19,37 +19,51 @@ class _FailOnBadLine:
     """Predictions must line up with the inputs: a bad line stops predict, naming it (no silent skipping)."""
 
     def add(self, source: str, row, reason: str, value: object = "", lines: int = 1) -> None:
-        raise TfsftError(f"--input '{source}' line {row}: {reason}. Fix or remove that line; every line of an "
-                         f"--input file is predicted.")
+        raise TfsftError(
+            f"--input '{source}' line {row}: {reason}. Fix or remove that line; every line of an "
+            f"--input file is predicted."
+        )
 
 
 def _read_lines(path: Path, column: str | None, encoding: str = "utf-8") -> list[str]:
     """Texts of a txt (one per line), CSV/TSV (a column) or JSONL (a key) file, read by tfsft's table reader."""
     from tfsft.tables import read_table, read_text_file, table_format
 
-    fmt = table_format(str(path), "auto") if path.suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl", ".json") \
-        else "txt"
+    fmt = (
+        table_format(str(path), "auto") if path.suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl", ".json") else "txt"
+    )
     if fmt == "txt":
         return [line for line in read_text_file(str(path), encoding, "--encoding").splitlines() if line.strip()]
     column = column or "text"
     columns, rows = read_table(str(path), fmt, encoding, _FailOnBadLine(), encoding_key="--encoding")
     if column not in columns:
-        raise TfsftError(f"Column '{column}' is not in '{path}' (columns: {columns}); name the text column with "
-                         f"--column.")
+        raise TfsftError(
+            f"Column '{column}' is not in '{path}' (columns: {columns}); name the text column with --column."
+        )
     texts = []
     for number, record in rows:
         value = record.get(column)
         if not isinstance(value, str) or not value.strip():
             shown = "missing" if value is None else repr(value)
-            raise TfsftError(f"--input '{path}' line {number}: '{column}' is {shown}, not a text. Fix or remove that "
-                             f"line; every line of an --input file is predicted.")
+            raise TfsftError(
+                f"--input '{path}' line {number}: '{column}' is {shown}, not a text. Fix or remove that "
+                f"line; every line of an --input file is predicted."
+            )
         texts.append(value)
     return texts
 
 
 # The first bytes of each image format TF decodes: a text or truncated file is named before any model work.
-_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"RIFF", b"\xff\x0a",
-                     b"\x00\x00\x00\x0cJXL ")
+_IMAGE_SIGNATURES = (
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"RIFF",
+    b"\xff\x0a",
+    b"\x00\x00\x00\x0cJXL ",
+)
 
 
 def _read_image(path: Path) -> bytes:
@@ -63,8 +77,9 @@ def _read_image(path: Path) -> bytes:
     return data
 
 
-def gather_inputs(input_name: str, values: list[str], files: list[str], column: str | None,
-                  encoding: str = "utf-8") -> list[tuple[str, bytes]]:
+def gather_inputs(
+    input_name: str, values: list[str], files: list[str], column: str | None, encoding: str = "utf-8"
+) -> list[tuple[str, bytes]]:
     """(display label, raw bytes) per input: the text itself, or an image file's bytes."""
     items: list[tuple[str, bytes]] = []
     if input_name == IMAGE_INPUT:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import keras
 import numpy as np
@@ -44,7 +44,7 @@ class TextModality(Modality):
             needed["data.text_pair_column"] = data.text_pair_column
             columns.append("text_pair")
 
-        def inputs_of(number: int, record: dict) -> Optional[dict[str, str]]:
+        def inputs_of(number: int, record: dict) -> dict[str, str] | None:
             text = record.get(data.text_column)
             if text is None or not str(text).strip():
                 bad.add(path, number, f"empty or missing text in column '{data.text_column}'")
@@ -69,7 +69,6 @@ class TextModality(Modality):
     def prepare(self, train: Records, run_dir: Path) -> None:
         """Load (or learn into `run_dir`) the tokenizer and build the packer."""
         import keras_hub
-
         from keras.src.utils.tracking import DotNotTrackScope  # private; checked against Keras 3.15
 
         spec = self.config.model.backbone
@@ -81,8 +80,9 @@ class TextModality(Modality):
                 self.tokenizer = from_preset_or_explain(keras_hub.models.Tokenizer.from_preset, spec, "tokenizer")
             else:
                 vocabulary = self._vocabulary(train, run_dir)
-                self.tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary,
-                                                                lowercase=self.config.text.lowercase)
+                self.tokenizer = keras_hub.models.BertTokenizer(
+                    vocabulary=vocabulary, lowercase=self.config.text.lowercase
+                )
         self.packer = keras_hub.layers.MultiSegmentPacker(
             sequence_length=self.config.text.max_length,
             start_value=self.tokenizer.start_token_id,
@@ -151,7 +151,7 @@ class TextModality(Modality):
         max_length = self.config.text.max_length
         return sorted({b for b in self.config.text.bucket_boundaries if b < max_length} | {max_length})
 
-    def evaluation_order(self, records: Records, block: Optional[int] = None) -> np.ndarray:
+    def evaluation_order(self, records: Records, block: int | None = None) -> np.ndarray:
         """Record order for forward passes outside training: by token length within each run of `block` records.
 
         An evaluation batch is padded to its longest text (`_trim`), so in file order a batch of tweets of 10-60
@@ -161,9 +161,14 @@ class TextModality(Modality):
         """
         columns = {name: np.asarray(values, dtype=object) for name, values in records.inputs.items()}
         pad = self.tokenizer.pad_token_id
-        batches = tf.data.Dataset.from_tensor_slices(columns).batch(512).map(
-            lambda f: tf.reduce_sum(tf.cast(self.tokenize(f)["token_ids"] != pad, tf.int32), axis=1),
-            num_parallel_calls=AUTOTUNE)
+        batches = (
+            tf.data.Dataset.from_tensor_slices(columns)
+            .batch(512)
+            .map(
+                lambda f: tf.reduce_sum(tf.cast(self.tokenize(f)["token_ids"] != pad, tf.int32), axis=1),
+                num_parallel_calls=AUTOTUNE,
+            )
+        )
         lengths = np.concatenate([np.zeros(0, np.int32), *(b.numpy() for b in batches)])
         runs = np.arange(len(records)) // (block or max(len(records), 1))
         return np.lexsort((lengths, runs))  # stable: by run, then by length, then by position
@@ -208,15 +213,22 @@ class TextModality(Modality):
         count = tf.shape(order)[0]
 
         def chunk_outputs(start):
-            chunk = {name: value[start:start + SERVING_CHUNK] for name, value in features.items()}
+            chunk = {name: value[start : start + SERVING_CHUNK] for name, value in features.items()}
             return tf.cast(model(self._trim(chunk, None)[0], training=False), tf.float32)
 
         # The element shape lets an empty request concatenate to [0, outputs] instead of failing.
-        outputs = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False,
-                                 element_shape=tf.TensorShape([None, model.output_shape[-1]]))
-        _, outputs = tf.while_loop(lambda i, _: i * SERVING_CHUNK < count,
-                                   lambda i, out: (i + 1, out.write(i, chunk_outputs(i * SERVING_CHUNK))),
-                                   (tf.constant(0), outputs))
+        outputs = tf.TensorArray(
+            tf.float32,
+            size=0,
+            dynamic_size=True,
+            infer_shape=False,
+            element_shape=tf.TensorShape([None, model.output_shape[-1]]),
+        )
+        _, outputs = tf.while_loop(
+            lambda i, _: i * SERVING_CHUNK < count,
+            lambda i, out: (i + 1, out.write(i, chunk_outputs(i * SERVING_CHUNK))),
+            (tf.constant(0), outputs),
+        )
         return tf.gather(outputs.concat(), tf.math.invert_permutation(order))
 
     def serving_resources(self) -> list[Any]:
@@ -239,38 +251,52 @@ class TextModality(Modality):
 
         config, tokenizer = self.config, self.tokenizer
         if isinstance(tokenizer, WordPieceTokenizer):
-            (folder / "vocab.txt").write_text("".join(f"{token}\n" for token in tokenizer.get_vocabulary()),
-                                              encoding="utf-8")
+            (folder / "vocab.txt").write_text(
+                "".join(f"{token}\n" for token in tokenizer.get_vocabulary()), encoding="utf-8"
+            )
             files = ["vocab.txt"]
-            details = {"algorithm": "wordpiece", "lowercase": tokenizer.lowercase,
-                       "strip_accents": tokenizer.strip_accents, "split_on_cjk": tokenizer.split_on_cjk,
-                       "suffix_indicator": tokenizer.suffix_indicator, "unknown_token": tokenizer.oov_token}
+            details = {
+                "algorithm": "wordpiece",
+                "lowercase": tokenizer.lowercase,
+                "strip_accents": tokenizer.strip_accents,
+                "split_on_cjk": tokenizer.split_on_cjk,
+                "suffix_indicator": tokenizer.suffix_indicator,
+                "unknown_token": tokenizer.oov_token,
+            }
         else:  # BPE / SentencePiece presets: their own asset files, described by their Keras config
             before = set(os.listdir(folder))
             tokenizer.save_assets(str(folder))
             files = sorted(set(os.listdir(folder)) - before)
-            details = {"lowercase": getattr(tokenizer, "lowercase", None),
-                       "config": {k: v for k, v in tokenizer.get_config().items() if isinstance(v, (str, int, bool))}}
-        special = {role: {"token": getattr(tokenizer, f"{role}_token"),
-                          "id": int(getattr(tokenizer, f"{role}_token_id"))}
-                   for role in ("start", "end", "pad") if getattr(tokenizer, f"{role}_token", None) is not None}
+            details = {
+                "lowercase": getattr(tokenizer, "lowercase", None),
+                "config": {k: v for k, v in tokenizer.get_config().items() if isinstance(v, (str, int, bool))},
+            }
+        special = {
+            role: {"token": getattr(tokenizer, f"{role}_token"), "id": int(getattr(tokenizer, f"{role}_token_id"))}
+            for role in ("start", "end", "pad")
+            if getattr(tokenizer, f"{role}_token", None) is not None
+        }
         columns = [config.data.text_column] + ([config.data.text_pair_column] if config.data.text_pair_column else [])
         return {
-            "tokenizer": {"kind": type(tokenizer).__name__, "vocabulary_files": files, **details,
-                          "reference": f"keras_hub.models.{type(tokenizer).__name__} with these settings"},
+            "tokenizer": {
+                "kind": type(tokenizer).__name__,
+                "vocabulary_files": files,
+                **details,
+                "reference": f"keras_hub.models.{type(tokenizer).__name__} with these settings",
+            },
             "max_length": config.text.max_length,
             "special_tokens": special,
             "text_fields": columns,
             "packing": {
                 "layout": "start + text + end" + (" + text_pair + end" if len(columns) > 1 else ""),
                 "truncate": "round_robin: the max_length budget left after start/end tokens goes one token at a time "
-                            "to each segment in turn (text first); each segment keeps its first tokens",
+                "to each segment in turn (text first); each segment keeps its first tokens",
                 "token_ids": "pad with the pad id at the end; every row of a batch the same length, at most "
-                             "max_length (max_length always works; the trailing padding does not change the outputs)",
+                "max_length (max_length always works; the trailing padding does not change the outputs)",
                 "segment_ids": "0 for start, text and its end token (and padding); 1 for text_pair and its end token",
                 "padding_mask": "1 for real tokens (including start/end), 0 for padding",
                 "reference": "keras_hub.layers.MultiSegmentPacker(sequence_length=max_length, start_value=start id, "
-                             "end_value=end id, pad_value=pad id, truncate='round_robin')",
+                "end_value=end id, pad_value=pad id, truncate='round_robin')",
             },
         }
 
@@ -288,7 +314,9 @@ class TextModality(Modality):
         return {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in self.input_names}
 
     def unused_backbone_layers(self, backbone: keras.Model) -> tuple[str, ...]:
-        if self.config.model.head.pooling != "pooled" and any(l.name == "pooled_dense" for l in backbone.layers):
+        if self.config.model.head.pooling != "pooled" and any(
+            layer.name == "pooled_dense" for layer in backbone.layers
+        ):
             return ("pooled_dense",)
         return ()
 

@@ -15,9 +15,15 @@ The command line (arguments, start-up, graceful shutdown) is `tfsft.cli.serve`.
 import importlib
 
 # Exported lazily (PEP 562), so `import tfsft.serving.codec` loads neither aiohttp nor the server.
-_EXPORTS = {"make_app": "app", "InputSpec": "codec", "format_response": "codec",
-            "ServeConfigError": "errors", "ServingError": "errors", "RequestLimits": "limits",
-            "ModelRegistry": "registry"}
+_EXPORTS = {
+    "make_app": "app",
+    "InputSpec": "codec",
+    "format_response": "codec",
+    "ServeConfigError": "errors",
+    "ServingError": "errors",
+    "RequestLimits": "limits",
+    "ModelRegistry": "registry",
+}
 __all__ = sorted(_EXPORTS)
 
 

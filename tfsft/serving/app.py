@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Union
 
 import numpy as np
 from aiohttp import web
@@ -34,15 +33,22 @@ INLINE_JSON_BYTES = 16 * 1024  # request bodies up to this size are parsed on th
 INLINE_OUTPUT_VALUES = 4096  # responses with up to this many output values are formatted on the event loop
 
 
-def _error_response(status: int, message: str, headers: Optional[dict] = None) -> web.Response:
+def _error_response(status: int, message: str, headers: dict | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
 class RestApi:
     """The request handlers; TensorFlow and heavy JSON work go to thread pools, never the event loop."""
 
-    def __init__(self, registry: ModelRegistry, max_body_bytes: int, batching: Optional[dict],
-                 poll_seconds: float, workers: Optional[int], limits: RequestLimits):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        max_body_bytes: int,
+        batching: dict | None,
+        poll_seconds: float,
+        workers: int | None,
+        limits: RequestLimits,
+    ):
         self.registry = registry
         self.max_body_bytes = max_body_bytes
         self.poll_seconds = poll_seconds
@@ -51,8 +57,9 @@ class RestApi:
         self._busy_lock = threading.Lock()
         # TF parallelises inside each op already, so a few request threads are enough; model loading
         # gets its own thread so a slow load never holds up inference.
-        self.workers = ThreadPoolExecutor(max_workers=workers or max(2, min(4, os.cpu_count() or 2)),
-                                          thread_name_prefix="tfsft-serve")
+        self.workers = ThreadPoolExecutor(
+            max_workers=workers or max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="tfsft-serve"
+        )
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfsft-load")
         self.batcher = Batcher(self._call, **batching) if batching is not None else None
 
@@ -77,7 +84,7 @@ class RestApi:
         return await self._offload(call_signature, servable, signature, arrays)
 
     @staticmethod
-    def _model_spec(request: web.Request) -> tuple[str, Optional[int], Optional[str]]:
+    def _model_spec(request: web.Request) -> tuple[str, int | None, str | None]:
         """(model name, version, label) from the URL; the routes only let digits through as a version."""
         match = request.match_info
         version = int(match["version"]) if "version" in match else None
@@ -111,10 +118,12 @@ class RestApi:
 
     async def metadata(self, request: web.Request) -> web.Response:
         servable = self.registry.get(*self._model_spec(request))
-        return web.json_response({
-            "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
-            "metadata": {"signature_def": servable.signature_def_map},
-        })
+        return web.json_response(
+            {
+                "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
+                "metadata": {"signature_def": servable.signature_def_map},
+            }
+        )
 
     @web.middleware
     async def errors_as_json(self, request: web.Request, handler) -> web.StreamResponse:
@@ -124,11 +133,15 @@ class RestApi:
         except ServingError as exc:
             return _error_response(exc.status, exc.message)
         except web.HTTPRequestEntityTooLarge:
-            return _error_response(413, f"Request body is larger than {self.max_body_bytes} bytes "
-                                        f"(the server's --max-body-bytes limit)")
+            return _error_response(
+                413, f"Request body is larger than {self.max_body_bytes} bytes (the server's --max-body-bytes limit)"
+            )
         except web.HTTPMethodNotAllowed as exc:
-            return _error_response(405, f"Malformed request: {request.method} {request.path}",
-                                   {"Allow": ", ".join(sorted(exc.allowed_methods))})
+            return _error_response(
+                405,
+                f"Malformed request: {request.method} {request.path}",
+                {"Allow": ", ".join(sorted(exc.allowed_methods))},
+            )
         except web.HTTPNotFound:  # TF Serving: 400 for unknown /v1/ paths, plain 404 elsewhere
             status = 400 if request.path.lower().startswith("/v1/") else 404
             return _error_response(status, f"Malformed request: {request.method} {request.path}")
@@ -140,6 +153,7 @@ class RestApi:
 
     async def poll_models(self, app: web.Application):
         """Cleanup context: look for new and removed versions every poll_seconds while the app runs."""
+
         async def poll_forever():
             loop, last_error = asyncio.get_running_loop(), None
             while True:
@@ -167,9 +181,14 @@ class RestApi:
 API_KEY = web.AppKey("api", RestApi)
 
 
-def make_app(registry: ModelRegistry, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-             batching: Optional[Union[dict, bool]] = None, poll_seconds: float = 0.0,
-             workers: Optional[int] = None, limits: Optional[RequestLimits] = None) -> web.Application:
+def make_app(
+    registry: ModelRegistry,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    batching: dict | bool | None = None,
+    poll_seconds: float = 0.0,
+    workers: int | None = None,
+    limits: RequestLimits | None = None,
+) -> web.Application:
     """The aiohttp application serving `registry`.
 
     batching: None/False for none, True for defaults, or {"max_batch_size": N, "timeout_ms": T}.

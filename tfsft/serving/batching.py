@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -115,10 +114,11 @@ class Batcher:
             pending.future.set_result(result)
 
 
-def _split_outputs(outputs: dict, sizes: list[int]) -> Optional[list[dict]]:
+def _split_outputs(outputs: dict, sizes: list[int]) -> list[dict] | None:
     total = sum(sizes)
     if any(np.ndim(v) == 0 or len(v) != total for v in outputs.values()):
         return None
     bounds = np.cumsum([0] + sizes)
-    return [{name: value[start:stop] for name, value in outputs.items()}
-            for start, stop in zip(bounds[:-1], bounds[1:])]
+    return [
+        {name: value[start:stop] for name, value in outputs.items()} for start, stop in zip(bounds[:-1], bounds[1:])
+    ]

@@ -15,7 +15,6 @@ import binascii
 import json
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -32,7 +31,7 @@ class InputSpec:
     (None for unknown rank; None for each unknown dimension)."""
 
     dtype: str
-    shape: Optional[tuple] = None
+    shape: tuple | None = None
 
 
 def type_name(dtype: str) -> str:
@@ -86,8 +85,10 @@ def parse_json_body(raw: bytes) -> dict:
 def request_arrays(body: dict, specs: dict[str, InputSpec]) -> tuple[dict[str, np.ndarray], bool]:
     """(numpy input per signature input, whether the request used the row format), shape-checked."""
     if "instances" in body and "inputs" in body:
-        raise invalid(f"JSON Value: {show(body)} Not formatted correctly expecting only one of "
-                      f"'inputs' or 'instances' keys to exist")
+        raise invalid(
+            f"JSON Value: {show(body)} Not formatted correctly expecting only one of "
+            f"'inputs' or 'instances' keys to exist"
+        )
     if "instances" in body:
         arrays, row_format = _arrays_from_instances(body, specs), True
     elif "inputs" in body:
@@ -108,26 +109,35 @@ def _arrays_from_instances(body: dict, specs: dict[str, InputSpec]) -> dict[str,
     names = sorted(specs)
     named = _is_named_object(instances[0])
     if not named and len(names) > 1:
-        raise invalid("instances is a plain list, but expecting list of objects as multiple input tensors "
-                      "required as per tensorinfo_map")
+        raise invalid(
+            "instances is a plain list, but expecting list of objects as multiple input tensors "
+            "required as per tensorinfo_map"
+        )
     items: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for index, instance in enumerate(instances):
         if named != _is_named_object(instance):
-            raise invalid(f"Expecting object but got list at item {index} of input list" if named
-                          else f"Expecting value/list but got object at item {index} of input list")
+            raise invalid(
+                f"Expecting object but got list at item {index} of input list"
+                if named
+                else f"Expecting value/list but got object at item {index} of input list"
+            )
         values = instance if named else {names[0]: instance}
         for key, value in values.items():
             _add_instance_item(index, key, value, specs, items)
         if named and set(instance) != set(names):
-            raise invalid(f"Failed to process element: {index} of 'instances' list. JSON object: "
-                          f"{show(instance)} keys must be equal to: {','.join(names)}")
+            raise invalid(
+                f"Failed to process element: {index} of 'instances' list. JSON object: "
+                f"{show(instance)} keys must be equal to: {','.join(names)}"
+            )
     return {name: np.stack(arrays) for name, arrays in items.items()}
 
 
 def _add_instance_item(index: int, key: str, value, specs: dict[str, InputSpec], items: dict) -> None:
     def failure(message: str, status: int = 400) -> ServingError:
-        return ServingError(status, f"Failed to process element: {index} key: {key} of 'instances' list. "
-                                    f"Error: INVALID_ARGUMENT: {message}")
+        return ServingError(
+            status,
+            f"Failed to process element: {index} key: {key} of 'instances' list. Error: INVALID_ARGUMENT: {message}",
+        )
 
     if key not in specs:
         raise failure(f"JSON object: does not have named input: {key}")
@@ -148,8 +158,10 @@ def _arrays_from_inputs(inputs, specs: dict[str, InputSpec]) -> dict[str, np.nda
     names = sorted(specs)
     if not _is_named_object(inputs):
         if len(names) > 1:
-            raise invalid("inputs is a plain value/list, but expecting an object as multiple input tensors "
-                          "required as per tensorinfo_map")
+            raise invalid(
+                "inputs is a plain value/list, but expecting an object as multiple input tensors "
+                "required as per tensorinfo_map"
+            )
         inputs = {names[0]: inputs}
     arrays = {}
     for name in names:  # like TF Serving, keys that are not inputs of the signature are ignored
@@ -158,8 +170,10 @@ def _arrays_from_inputs(inputs, specs: dict[str, InputSpec]) -> dict[str, np.nda
         try:
             arrays[name] = json_to_array(inputs[name], specs[name].dtype)
         except ServingError as exc:
-            raise ServingError(exc.status, f"Failed to process input: {name} of 'inputs' object. "
-                                           f"Error: INVALID_ARGUMENT: {exc.message}") from None
+            raise ServingError(
+                exc.status,
+                f"Failed to process input: {name} of 'inputs' object. Error: INVALID_ARGUMENT: {exc.message}",
+            ) from None
     return arrays
 
 
@@ -173,8 +187,10 @@ def _check_shape(name: str, array: np.ndarray, spec: InputSpec) -> None:
         return
     dims = list(spec.shape)
     if array.ndim != len(dims) or any(d is not None and d != s for d, s in zip(dims, array.shape)):
-        raise invalid(f"Input: {name} has shape {shape_text(array.shape)}, but the signature expects shape "
-                      f"{shape_text(dims)} (dtype {type_name(spec.dtype)})")
+        raise invalid(
+            f"Input: {name} has shape {shape_text(array.shape)}, but the signature expects shape "
+            f"{shape_text(dims)} (dtype {type_name(spec.dtype)})"
+        )
 
 
 # ======================================================================================= JSON values -> array
@@ -201,15 +217,18 @@ def _collect_leaves(value, shape: list[int], level: int, leaves: list) -> None:
     rank = len(shape)
     if not isinstance(value, list):
         if level != rank:
-            raise invalid(f"JSON Value: {show(value)} found at incorrect level: {level + 1} in the JSON DOM. "
-                          f"Expected at level: {rank}")
+            raise invalid(
+                f"JSON Value: {show(value)} found at incorrect level: {level + 1} in the JSON DOM. "
+                f"Expected at level: {rank}"
+            )
         leaves.append(value)
         return
     if level >= rank:
         raise invalid(f"Encountered list at unexpected level: {level} expected < {rank}")
     if len(value) != shape[level]:
-        raise invalid(f"Encountered list at unexpected size: {len(value)} at level: {level} "
-                      f"expected size: {shape[level]}")
+        raise invalid(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: {shape[level]}"
+        )
     for item in value:
         _collect_leaves(item, shape, level + 1, leaves)
 
@@ -290,21 +309,22 @@ def format_response(outputs: dict[str, np.ndarray], row_format: bool) -> str:
 
 
 def _row_document(texts: dict[str, np.ndarray]) -> str:
-    batch_size: Optional[int] = None
+    batch_size: int | None = None
     for name, array in texts.items():  # every output must be batched like the input
         if array.ndim == 0:
             raise invalid(f"Tensor name: {name} has no shape information ")
         if batch_size is not None and array.shape[0] != batch_size:
-            raise invalid(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} "
-                          f"expecting: {batch_size}")
+            raise invalid(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} expecting: {batch_size}")
         batch_size = array.shape[0]
     batch_size = batch_size or 0  # texts is never empty: format_response refuses an empty map
     if len(texts) == 1:
         (only,) = texts.values()
         rows = [_nest(only[i]) for i in range(batch_size)]
     else:
-        rows = ["{" + ",".join(f"{json.dumps(name)}:{_nest(array[i])}" for name, array in texts.items()) + "}"
-                for i in range(batch_size)]
+        rows = [
+            "{" + ",".join(f"{json.dumps(name)}:{_nest(array[i])}" for name, array in texts.items()) + "}"
+            for i in range(batch_size)
+        ]
     return '{"predictions":[' + ",".join(rows) + "]}"
 
 

@@ -9,8 +9,10 @@ import numpy as np
 from tfsft.serving.errors import HTTP_STATUS_OF_CODE, ServingError, first_line, invalid, tf_error_code
 from tfsft.serving.registry import Servable
 
-_TF_NOISE = re.compile(r"^Graph execution error:\s*Detected at node [^\n]*? defined at \(most recent call last\):\n"
-                       r"(?:<stack traces unavailable>\n|(?:[ \t][^\n]*\n)*)")
+_TF_NOISE = re.compile(
+    r"^Graph execution error:\s*Detected at node [^\n]*? defined at \(most recent call last\):\n"
+    r"(?:<stack traces unavailable>\n|(?:[ \t][^\n]*\n)*)"
+)
 
 
 def clean_tf_message(message: str) -> str:

@@ -28,17 +28,23 @@ class RequestLimits:
         """Refuse a request with too many instances before any of it is converted."""
         rows = requested_rows(body)
         if rows > self.max_instances:
-            raise ServingError(TOO_LARGE, f"The request has {rows} instances; this server answers at most "
-                                          f"{self.max_instances} per request (--max-instances). Send them in "
-                                          f"requests of at most {self.max_instances}.")
+            raise ServingError(
+                TOO_LARGE,
+                f"The request has {rows} instances; this server answers at most "
+                f"{self.max_instances} per request (--max-instances). Send them in "
+                f"requests of at most {self.max_instances}.",
+            )
 
     def check_size(self, arrays: dict[str, np.ndarray]) -> None:
         """Refuse a request whose decoded inputs (strings, b64 bytes, numbers) exceed max_input_bytes."""
         size = sum(input_bytes(array) for array in arrays.values())
         if size > self.max_input_bytes:
-            raise ServingError(TOO_LARGE, f"The request's inputs hold {size} bytes once decoded; this server "
-                                          f"takes at most {self.max_input_bytes} per request (--max-input-bytes). "
-                                          f"Send fewer or smaller instances per request.")
+            raise ServingError(
+                TOO_LARGE,
+                f"The request's inputs hold {size} bytes once decoded; this server "
+                f"takes at most {self.max_input_bytes} per request (--max-input-bytes). "
+                f"Send fewer or smaller instances per request.",
+            )
 
 
 def requested_rows(body: dict) -> int:

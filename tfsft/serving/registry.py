@@ -11,7 +11,6 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 from tfsft.serving.codec import DEFAULT_SIGNATURE, InputSpec
 from tfsft.serving.errors import CODE_NAMES, ServeConfigError, ServingError, first_line, invalid, tf_error_code
@@ -22,7 +21,7 @@ log = logging.getLogger("tfsft.serve")
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many warm-up records
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 @dataclass
@@ -38,7 +37,7 @@ class Servable:
     loaded: object = None  # the tf.saved_model.load() object: owns the variables the functions use
 
     @classmethod
-    def load(cls, name: str, version: int, path: Path) -> "Servable":
+    def load(cls, name: str, version: int, path: Path) -> Servable:
         import tensorflow as tf
 
         try:
@@ -47,8 +46,10 @@ class Servable:
             pass
         loaded = tf.saved_model.load(str(path))
         signatures = dict(loaded.signatures)
-        specs = {sig: {name: _input_spec(spec) for name, spec in fn.structured_input_signature[1].items()}
-                 for sig, fn in signatures.items()}
+        specs = {
+            sig: {name: _input_spec(spec) for name, spec in fn.structured_input_signature[1].items()}
+            for sig, fn in signatures.items()
+        }
         servable = cls(name, version, path, signatures, specs, read_signature_def_map(path), loaded)
         servable.warm_up()
         return servable
@@ -94,8 +95,9 @@ def read_signature_def_map(path: Path) -> dict:
     meta_graphs = saved_model.meta_graphs  # TF Serving loads the graph tagged "serve"
     serving = next((graph for graph in meta_graphs if "serve" in graph.meta_info_def.tags), meta_graphs[0])
     signature_map = get_model_metadata_pb2.SignatureDefMap(signature_def=serving.signature_def)
-    return json_format.MessageToDict(signature_map, always_print_fields_with_no_presence=True,
-                                     preserving_proto_field_name=True)
+    return json_format.MessageToDict(
+        signature_map, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+    )
 
 
 @dataclass
@@ -105,15 +107,15 @@ class ModelSource:
     name: str
     base_path: Path
     labels: dict[str, int] = field(default_factory=dict)
-    specific_versions: Optional[frozenset[int]] = None  # model_version_policy { specific { versions: N } }
-    latest_versions: Optional[int] = None  # model_version_policy { latest { num_versions: N } }
+    specific_versions: frozenset[int] | None = None  # model_version_policy { specific { versions: N } }
+    latest_versions: int | None = None  # model_version_policy { latest { num_versions: N } }
 
     def wanted_versions(self) -> dict[int, Path]:
         on_disk = version_folders(self.base_path)
         if self.specific_versions is not None:
             return {v: p for v, p in on_disk.items() if v in self.specific_versions}
         if self.latest_versions is not None:
-            return {v: on_disk[v] for v in sorted(on_disk)[-self.latest_versions:]}
+            return {v: on_disk[v] for v in sorted(on_disk)[-self.latest_versions :]}
         return on_disk  # no policy: every version on disk stays available (old ones until deleted)
 
 
@@ -128,8 +130,10 @@ def read_model_config(path: Path) -> list[ModelSource]:
     except OSError as exc:
         raise ServeConfigError(f"Cannot read the model config file '{path}': {exc.strerror}.") from None
     except text_format.ParseError as exc:
-        raise ServeConfigError(f"The model config file '{path}' is not a valid TF Serving models.config "
-                               f"(text-format ModelServerConfig): {exc}") from None
+        raise ServeConfigError(
+            f"The model config file '{path}' is not a valid TF Serving models.config "
+            f"(text-format ModelServerConfig): {exc}"
+        ) from None
     sources = [_model_source(entry, path) for entry in config.model_config_list.config]
     names = [s.name for s in sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -143,8 +147,10 @@ def _model_source(entry, config_path: Path) -> ModelSource:
     if not entry.name or not entry.base_path:
         raise ServeConfigError(f"Every config {{ }} in the {where} needs a name and a base_path.")
     if entry.model_platform not in ("", "tensorflow"):
-        raise ServeConfigError(f"Model '{entry.name}' in the {where} has model_platform "
-                               f"'{entry.model_platform}'; only \"tensorflow\" SavedModels can be served.")
+        raise ServeConfigError(
+            f"Model '{entry.name}' in the {where} has model_platform "
+            f"'{entry.model_platform}'; only \"tensorflow\" SavedModels can be served."
+        )
     base = Path(entry.base_path)
     if not base.is_absolute():  # relative to the config file, so a models.config travels with its folder
         base = (config_path.parent / base).resolve()
@@ -169,7 +175,7 @@ class ModelRegistry:
     request handlers always read a consistent snapshot without locking.
     """
 
-    def __init__(self, base_path: Optional[PathLike] = None, model_config_file: Optional[PathLike] = None):
+    def __init__(self, base_path: PathLike | None = None, model_config_file: PathLike | None = None):
         if (base_path is None) == (model_config_file is None):
             raise ValueError("give exactly one of base_path or model_config_file")
         self.base_path = Path(base_path) if base_path is not None else None
@@ -209,13 +215,16 @@ class ModelRegistry:
                         models[source.name][version] = servable
                         changes.append(f"loaded {source.name} version {version} from {wanted[version]}")
                 changes += [f"unloaded {source.name} version {v}" for v in sorted(set(current) - set(wanted))]
-            changes += [f"unloaded {name} version {v}"
-                        for name in sorted(set(self.models) - set(models)) for v in sorted(self.models[name])]
+            changes += [
+                f"unloaded {name} version {v}"
+                for name in sorted(set(self.models) - set(models))
+                for v in sorted(self.models[name])
+            ]
             self.models, self.failures = models, failures
             self.labels = {source.name: dict(source.labels) for source in sources}
             return changes
 
-    def _load(self, name: str, version: int, path: Path, failures: dict) -> Optional[Servable]:
+    def _load(self, name: str, version: int, path: Path, failures: dict) -> Servable | None:
         try:
             stamp = (path / "saved_model.pb").stat().st_mtime_ns
         except OSError:
@@ -238,7 +247,7 @@ class ModelRegistry:
             raise invalid(f"Unrecognized servable version label: {label}")
         return labels[label]
 
-    def get(self, name: str, version: Optional[int] = None, label: Optional[str] = None) -> Servable:
+    def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The servable a request names; the largest loaded version when neither version nor label is given."""
         versions = self.models.get(name, {})
         if label is not None:
@@ -251,7 +260,7 @@ class ModelRegistry:
             raise ServingError(404, f"Servable not found for request: Specific({name}, {version})")
         return versions[version]
 
-    def version_status(self, name: str, version: Optional[int] = None, label: Optional[str] = None) -> list[dict]:
+    def version_status(self, name: str, version: int | None = None, label: str | None = None) -> list[dict]:
         """`model_version_status` entries: loaded versions are AVAILABLE, failed loads END with their error."""
         if label is not None:
             version = self.resolve_label(name, label)
@@ -266,11 +275,14 @@ class ModelRegistry:
         return [_status_entry(v, None if v in loaded else failed[v]) for v in known]
 
 
-def _status_entry(version: int, failure: Optional[_LoadFailure]) -> dict:
+def _status_entry(version: int, failure: _LoadFailure | None) -> dict:
     if failure is None:
         return {"version": str(version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-    return {"version": str(version), "state": "END",
-            "status": {"error_code": CODE_NAMES[failure.code], "error_message": failure.message}}
+    return {
+        "version": str(version),
+        "state": "END",
+        "status": {"error_code": CODE_NAMES[failure.code], "error_message": failure.message},
+    }
 
 
 def signature_inputs(servable: Servable, signature_name: str) -> dict[str, InputSpec]:
