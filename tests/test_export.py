@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO, text_config, validated
 from tfsft import export as export_module
+from tfsft import export_verify
 from tfsft.cli.predict import main as predict_main
 from tfsft.export import ExportError, export_run
 from tfsft.trainer import train
@@ -194,7 +195,7 @@ def test_versions_increase_and_existing_ones_are_never_touched(tmp_path, text_ru
 
 
 def test_failed_verification_leaves_no_version(tmp_path, text_run, monkeypatch):
-    monkeypatch.setattr(export_module, "VERIFY_TOLERANCE", -1.0)
+    monkeypatch.setattr(export_verify, "VERIFY_TOLERANCE", -1.0)
     with pytest.raises(ExportError, match="differ from the Keras model"):
         export_run(text_run, tmp_path / "sm", name="bad")
     assert not [p for p in (tmp_path / "sm" / "bad").iterdir()]

@@ -13,24 +13,6 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "check_structure.py"
 PACKAGE = REPO / "tfsft"
 
-# Modules other branches of issue 12 are restructuring at the same time (modalities, task types, freeze plan / LR,
-# callbacks, evaluation, export): splitting them here would make those merges impossible. Their offenders are
-# expected failures until those branches land; every other module must pass now. Remove entries as they land.
-RESTRUCTURED_ELSEWHERE = (
-    "trainer.py",
-    "callbacks.py",
-    "freezing.py",
-    "optim.py",
-    "tasks/",
-    "evaluation.py",
-    "model.py",
-    "export.py",
-    "onnx_export.py",
-    "reporting.py",
-    "predict.py",
-    "calibration.py",
-)
-
 
 def _load_script():
     spec = importlib.util.spec_from_file_location("check_structure", SCRIPT)
@@ -44,11 +26,7 @@ check_structure = _load_script()
 
 
 def _module_param(path: Path):
-    name = path.relative_to(PACKAGE).as_posix()
-    if name.startswith(RESTRUCTURED_ELSEWHERE):
-        mark = pytest.mark.xfail(strict=False, reason="being restructured on another issue-12 branch")
-        return pytest.param(path, id=name, marks=mark)
-    return pytest.param(path, id=name)
+    return pytest.param(path, id=path.relative_to(PACKAGE).as_posix())
 
 
 @pytest.mark.parametrize("path", [_module_param(p) for p in sorted(PACKAGE.rglob("*.py"))])

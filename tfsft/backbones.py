@@ -10,6 +10,7 @@ Three ways to name a backbone (exactly one per config):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -167,7 +168,7 @@ def hub_offline():
         constants.HF_HUB_OFFLINE = before
 
 
-def _require_file(path: str | None, key: str) -> str:
+def _require_file(path: str, key: str) -> str:
     resolved = resolve(path, what=key)
     if not Path(resolved).is_file():
         raise BackboneError(
@@ -213,9 +214,10 @@ def _from_architecture(spec: BackboneConfig, image_shape, vocabulary_size) -> ke
             f"Use one of: {', '.join(known[:40])}..."
         )
     kwargs = dict(spec.kwargs)
-    if image_shape and "image_shape" in cls.__init__.__code__.co_varnames:
+    accepted = inspect.signature(cls).parameters  # the class's own constructor arguments
+    if image_shape and "image_shape" in accepted:
         kwargs.setdefault("image_shape", image_shape)
-    if vocabulary_size and "vocabulary_size" in cls.__init__.__code__.co_varnames:
+    if vocabulary_size and "vocabulary_size" in accepted:
         kwargs.setdefault("vocabulary_size", vocabulary_size)
     try:
         return cls(**kwargs)

@@ -68,8 +68,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.restore_from = Path(restore_from) if restore_from else self.directory
         self.every_steps = every_steps
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
-        self.checkpoint = None
-        self.manager = None
+        # Set by attach(model): the model's optimizer exists only once the trainer has compiled it.
+        self.checkpoint: tf.train.Checkpoint | None = None
+        self.manager: tf.train.CheckpointManager | None = None
         self._last_step_save = -1
 
     def attach(self, model: keras.Model) -> None:
@@ -78,7 +79,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def restore(self) -> tuple[int, int] | None:
         """Restore the latest checkpoint; returns (epochs done, optimizer steps done) or None."""
-        if self.manager is None:
+        if self.manager is None or self.checkpoint is None:
             return None
         latest = tf.train.latest_checkpoint(str(self.restore_from))
         if not latest:
@@ -87,9 +88,11 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         return int(self.epoch.numpy()), int(self.model_optimizer_steps())
 
     def model_optimizer_steps(self) -> int:
+        assert self.checkpoint is not None, "attach(model) first"
         return int(self.checkpoint.optimizer.iterations.numpy())
 
     def save(self) -> None:
+        assert self.manager is not None, "attach(model) first"
         self.manager.save(checkpoint_number=self.model_optimizer_steps())
 
     def on_train_batch_end(self, batch, logs=None):

@@ -153,7 +153,8 @@ class ClassIndex:
         if not self.names:
             return records
         known = set(self.names)
-        keep, unknown_names = [], {}
+        keep: list[int] = []
+        unknown_names: dict[str, int] = {}
         for i, label in enumerate(records.labels):
             unknown = [name for name in (label if isinstance(label, list) else [label]) if name not in known]
             if unknown:
@@ -260,10 +261,12 @@ def load_splits(config: RunConfig, reader: Callable[[str, BadRecords], Records])
             )
         return records
 
-    train = read(data.train, "train")
-    classes = ClassIndex.from_labels(train.labels, task_type, data.classes)
+    read_train = read(data.train, "train")
+    assert read_train is not None, "the schema requires data.train"
+    classes = ClassIndex.from_labels(read_train.labels, task_type, data.classes)
     # Records whose label is unknown count as bad, per split, like unreadable ones (data.max_bad_fraction).
-    train = _known_only(classes, train, bad, "train", data.max_bad_fraction)
+    train = _known_only(classes, read_train, bad, "train", data.max_bad_fraction)
+    assert train is not None
     validation = _known_only(classes, read(data.validation, "validation"), bad, "validation", data.max_bad_fraction)
     test = _known_only(classes, read(data.test, "test"), bad, "test", data.max_bad_fraction)
 

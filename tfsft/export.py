@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -25,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tfsft.export_checks import ExportError, check_name_and_version, check_run_completed, run_state
+from tfsft.export_checks import ExportError, check_name_and_version, check_run_completed
+from tfsft.export_verify import verify_in_fresh_process
 from tfsft.task_types import task_type
 from tfsft.versions import next_version, version_folders
 
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOP_K = 5
-VERIFY_EXAMPLES = 16
-VERIFY_TOLERANCE = 1e-5
 
 
 # ----------------------------------------------------------------------------------------- versions
@@ -120,99 +118,6 @@ def build_archive(
         names = list(spec)
         archive.add_endpoint(signature, make_endpoint(signature, names), input_signature=[spec[n] for n in names])
     return archive
-
-
-# ----------------------------------------------------------------------------------------- verification
-_VERIFY_SCRIPT = r"""
-import json, sys
-import numpy as np
-import tensorflow as tf
-import tensorflow_text  # noqa: F401  (registers the text ops an exported tokenizer uses)
-path, inputs_file, output_file = sys.argv[1:4]
-loaded = tf.saved_model.load(path)
-request = json.load(open(inputs_file))
-fn = loaded.signatures["serving_default"]
-tensors = {name: tf.constant([bytes.fromhex(v) for v in values]) for name, values in request.items()}
-outputs = fn(**tensors)
-np.savez(output_file, **{k: v.numpy() for k, v in outputs.items() if v.dtype != tf.string})
-strings = {k: [s.decode("utf-8") for s in v.numpy().reshape(-1)] for k, v in outputs.items() if v.dtype == tf.string}
-# TensorFlow itself imports parts of keras; what must not load is KerasHub or tfsft.
-foreign = sorted({m.split(".")[0] for m in sys.modules} & {"keras_hub", "tfsft"})
-print(json.dumps({"signatures": sorted(loaded.signatures), "strings": strings, "foreign_modules": foreign}))
-"""
-
-
-def _expected_scores(
-    config: RunConfig,
-    model: keras.Model,
-    modality: Modality,
-    records: Records,
-    count: int,
-    temperature: np.ndarray | None = None,
-) -> tuple[Records, np.ndarray]:
-    """Scores of the Keras model on the training-time input pipeline (not the exported preprocessing)."""
-    subset = records.subset(range(min(count, len(records))))
-    targets = np.zeros((len(subset), model.output_shape[-1]), np.float32)
-    dataset = modality.dataset(subset, targets, training=False, batch_size=len(subset))
-    logits = model.predict(dataset.map(lambda x, y: x), verbose=0)
-    if temperature is not None:
-        logits = np.asarray(logits, np.float32) / temperature
-    return subset, task_type(config).activation(logits)
-
-
-def verify_in_fresh_process(
-    path: Path,
-    config: RunConfig,
-    class_names: list[str],
-    model: keras.Model,
-    modality: Modality,
-    records: Records,
-    temperature: np.ndarray | None = None,
-) -> dict:
-    """Reload the SavedModel with only TF + TF Text and compare its scores with the Keras model's."""
-    subset, expected = _expected_scores(config, model, modality, records, VERIFY_EXAMPLES, temperature)
-    raw = modality.serving_examples(subset, len(subset))
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs_file, output_file = Path(tmp) / "inputs.json", Path(tmp) / "outputs.npz"
-        inputs_file.write_text(
-            json.dumps(
-                {
-                    name: [(v.encode("utf-8") if isinstance(v, str) else v).hex() for v in values]
-                    for name, values in raw.items()
-                }
-            )
-        )
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        result = subprocess.run(
-            [sys.executable, "-c", _VERIFY_SCRIPT, str(path), str(inputs_file), str(output_file)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-        if result.returncode != 0:
-            raise ExportError(
-                f"The exported SavedModel does not load or run in a fresh TensorFlow process: "
-                f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}"
-            )
-        outputs = dict(np.load(output_file, allow_pickle=False))
-    info = json.loads(result.stdout.strip().splitlines()[-1])
-    if info["foreign_modules"]:
-        raise ExportError(f"Loading the export pulled in {info['foreign_modules']}: it must need only TensorFlow.")
-    task = task_type(config)
-    key = task.score_output
-    got = outputs[key].reshape(expected.shape)
-    difference = float(np.max(np.abs(got - expected)))
-    if difference > VERIFY_TOLERANCE:
-        raise ExportError(
-            f"The exported model's {key} differ from the Keras model's by {difference:.2e} "
-            f"(> {VERIFY_TOLERANCE}) on {len(subset)} examples; nothing was exported."
-        )
-    if task.single_label:
-        expected_names = [class_names[i] for i in expected.argmax(axis=-1)]
-        if info["strings"]["class_name"] != expected_names:
-            raise ExportError("The exported model's class names differ from the Keras model's predictions.")
-    return {"examples": len(subset), "max_abs_difference": difference, "signatures": info["signatures"]}
 
 
 # ----------------------------------------------------------------------------------------- assets
@@ -409,62 +314,17 @@ def _text_version() -> dict:
         return {}
 
 
-def main(argv=None) -> int:
-    import argparse
+def __getattr__(name: str):
+    """`tfsft.export.main` (console scripts installed before the move name it): the command lives in
+    tfsft/cli/export.py, which imports this module, so it is looked up only when asked for."""
+    if name == "main":
+        from tfsft.cli.export import main
 
-    from tfsft.cli import quiet_tensorflow, run_main, setup_logging
-    from tfsft.cli.common import ParagraphParser, model_name, non_empty, version_number
-
-    parser = ParagraphParser(
-        prog="python -m tfsft.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--run", required=True, type=non_empty, help="A finished run directory (runs/<name>/<id>).")
-    parser.add_argument(
-        "--base-path", default="saved_models", type=non_empty, help="Model base path (default saved_models/)."
-    )
-    parser.add_argument("--name", type=model_name, help="Model name, a single folder name (default: the run's name).")
-    parser.add_argument(
-        "--version", type=version_number, help="Version number, a positive integer (default: the next free one)."
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="Export a run whose status.json does not say completed (its state is printed).",
-    )
-    parser.add_argument("--no-verify", action="store_true", help="Skip the fresh-process reload check.")
-    parser.add_argument(
-        "--format",
-        choices=("savedmodel", "onnx"),
-        default="savedmodel",
-        help="savedmodel (default): TF Serving, preprocessing inside. onnx: <name>-onnx/<version>/"
-        "model.onnx for Triton/onnxruntime, preprocessing left to the client (tfsft.onnx_export).",
-    )
-    args = parser.parse_args(argv)
-    if args.format == "onnx" and args.no_verify:
-        parser.error("--no-verify is for --format savedmodel; the ONNX export is always verified.")
-    quiet_tensorflow()
-    setup_logging()
-
-    def run():
-        if args.force:
-            state = run_state(Path(args.run))
-            print(
-                f"--force: exporting the run '{args.run}' in state '{state or 'unknown (no status.json)'}'.",
-                file=sys.stderr,
-                flush=True,
-            )
-        if args.format == "onnx":
-            from tfsft.onnx_export import export_onnx
-
-            target = export_onnx(args.run, args.base_path, args.name, args.version, force=args.force)
-        else:
-            target = export_run(
-                args.run, args.base_path, args.name, args.version, verify=not args.no_verify, force=args.force
-            )
-        print(f"Exported {target}")
-
-    return run_main(run)
+        return main
+    raise AttributeError(f"module 'tfsft.export' has no attribute {name!r}")
 
 
 if __name__ == "__main__":
+    from tfsft.cli.export import main
+
     sys.exit(main())

@@ -25,6 +25,8 @@ Inventory (all checked against Keras 3.15):
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -128,7 +130,12 @@ class FusedAdamUpdate:
     own Adam/AdamW.
     """
 
-    _step_scalars = None
+    _step_scalars: dict | None = None
+    # Supplied by the Keras Adam/AdamW class this is mixed into (declared for the type checker only).
+    iterations: Any
+    beta_1: Any
+    beta_2: Any
+    epsilon: Any
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         self._step_scalars = {}

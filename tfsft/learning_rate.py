@@ -24,6 +24,7 @@ the formula for any step and variable: the logged learning rates (callbacks, ste
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -155,6 +156,8 @@ def get_lr(optimizer, step: int | None = None, variable=None, multiplier: float 
 class ScaledLearningRates:
     """Mixin for Keras optimizers: holds the stage factor and the per-variable multipliers, and applies the
     formula in the update step (the schedule term is Keras's own `learning_rate`)."""
+
+    learning_rate: Any  # the Keras optimizer's own (the schedule); declared for the type checker only
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tfsft.export import VERIFY_EXAMPLES, ExportError, open_export, staged_version
+from tfsft.export import ExportError, open_export, staged_version
+from tfsft.export_verify import VERIFY_EXAMPLES
 from tfsft.task_types import task_type
 
 if TYPE_CHECKING:
@@ -82,7 +83,8 @@ def _mixed_name(config: dict) -> str | None:
 
 def _mixed_policies(config) -> set[str]:
     if isinstance(config, dict):
-        own = {_mixed_name(config)} - {None}
+        name = _mixed_name(config)
+        own = {name} if name is not None else set()
         return own.union(*map(_mixed_policies, config.values()))
     if isinstance(config, list):
         return set().union(*map(_mixed_policies, config))
@@ -248,6 +250,19 @@ def _opset(path: Path) -> int | None:
 
 
 # ----------------------------------------------------------------------------------------- export
+def check_against_keras(ort_session, model, batch) -> tuple[float, int]:
+    """(largest |ONNX - Keras| output difference, examples compared); raises ExportError above the tolerance."""
+    difference = max_difference(ort_session, model, batch)
+    examples = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
+    if not difference <= VERIFY_TOLERANCE:  # `not <=` also catches NaN
+        raise ExportError(
+            f"The ONNX model's outputs differ from the Keras model's by {difference:.2e} "
+            f"(> {VERIFY_TOLERANCE}) on {examples} examples; nothing was exported. The SavedModel "
+            f"export (--format savedmodel, the default) works for this model."
+        )
+    return difference, examples
+
+
 def export_onnx(
     run_dir: str | Path,
     base_path: str | Path = "saved_models",
@@ -267,14 +282,7 @@ def export_onnx(
         convert(model, staging / MODEL_FILE)
         name_tensors(staging / MODEL_FILE, task_type(config).onnx_output, modality.onnx_dynamic_axes())
         ort_session = session(staging / MODEL_FILE)
-        difference = max_difference(ort_session, model, batch)
-        examples = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
-        if not difference <= VERIFY_TOLERANCE:  # `not <=` also catches NaN
-            raise ExportError(
-                f"The ONNX model's outputs differ from the Keras model's by {difference:.2e} "
-                f"(> {VERIFY_TOLERANCE}) on {examples} examples; nothing was exported. The SavedModel "
-                f"export (--format savedmodel, the default) works for this model."
-            )
+        difference, examples = check_against_keras(ort_session, model, batch)
         write_side_files(
             staging,
             run_dir,

@@ -85,8 +85,8 @@ def plot_history(history: list[dict], path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
 
     for ax, key in ((axes[0], "loss"), (axes[1], metric)):
-        for name, label in ((key, "train"), (f"val_{key}", "validation")):
-            values = _series(history, name) if key else np.array([np.nan])
+        for name, label in ((key or "", "train"), (f"val_{key}", "validation")):
+            values = _series(history, name) if key is not None else np.array([np.nan])
             if not np.all(np.isnan(values)):
                 ax.plot(epochs, values, marker=marker, label=label)
         ax.set_title(key or "metric")

@@ -137,12 +137,16 @@ def onednn_active() -> bool | None:
         return None
 
 
+_choices_logged = False  # log_choices runs once per process (train, then evaluate and export, call it)
+
+
 def log_choices(logger: logging.Logger | None = None) -> None:
     """Log the CPU and every runtime choice once, with its reason, plus TF's thread pools as they are."""
     logger = logger or logging.getLogger("tfsft")
-    if getattr(log_choices, "_done", False):
+    global _choices_logged
+    if _choices_logged:
         return
-    log_choices._done = True
+    _choices_logged = True
     import tensorflow as tf
 
     logger.info("CPU: %s", cpu_info().describe())

@@ -133,21 +133,7 @@ def _read_delimited(path: str, text: str, delimiter: str, quotes: bool, bad) -> 
             len(fields) != len(columns) or _swallowed_rows(lines[start:end], delimiter, len(columns)) >= 2
         )
         if swallowed:
-            bad.add(
-                path,
-                start,
-                f"a quoted field opened on line {start} runs over {span} lines to line {end}, "
-                f"swallowing what look like rows (a quote that is never closed?)",
-                lines[start - 1],
-                lines=span,
-            )
-            log.warning(
-                "%s: a quoted field opened on line %d swallows lines %d-%d; those lines are not read as records.",
-                path,
-                start,
-                start + 1,
-                end,
-            )
+            _count_swallowed(path, start, end, lines, bad)
             continue
         if len(fields) != len(columns):
             hint = "quote fields that contain a comma" if delimiter == "," else "a tab inside a field?"
@@ -170,6 +156,26 @@ def _read_delimited(path: str, text: str, delimiter: str, quotes: bool, bad) -> 
             multi_line[0],
         )
     return columns or [], rows
+
+
+def _count_swallowed(path: str, start: int, end: int, lines: list[str], bad) -> None:
+    """A quoted field that runs from line `start` to `end` over what look like rows: one bad record, not many."""
+    span = end - start + 1
+    bad.add(
+        path,
+        start,
+        f"a quoted field opened on line {start} runs over {span} lines to line {end}, "
+        f"swallowing what look like rows (a quote that is never closed?)",
+        lines[start - 1],
+        lines=span,
+    )
+    log.warning(
+        "%s: a quoted field opened on line %d swallows lines %d-%d; those lines are not read as records.",
+        path,
+        start,
+        start + 1,
+        end,
+    )
 
 
 def _swallowed_rows(lines: list[str], delimiter: str, width: int) -> int:

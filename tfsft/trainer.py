@@ -105,6 +105,19 @@ def prepare(config: RunConfig, resume: str = "auto") -> Prepared:
         raise
 
 
+def _global_batch_size(config: RunConfig, strategy: tf.distribute.Strategy) -> int:
+    """The batch one step takes over all replicas; each replica needs at least one example of it."""
+    batch_size = config.training.global_batch_size(strategy.num_replicas_in_sync)
+    if batch_size < strategy.num_replicas_in_sync:
+        raise ConfigError(
+            f"training.batch_size = {batch_size} is smaller than the {strategy.num_replicas_in_sync} "
+            f"replicas it is split across: every replica needs at least one example per step. Use "
+            f"a batch_size of at least {strategy.num_replicas_in_sync}, or set "
+            f"training.per_replica_batch_size instead."
+        )
+    return batch_size
+
+
 def _build(
     config: RunConfig, run: RunDir, splits: Splits, modality: Modality, strategy: tf.distribute.Strategy
 ) -> Prepared:
@@ -124,14 +137,7 @@ def _build(
         for name in ("train", "validation", "test")
         if getattr(splits, name) is not None
     }
-    batch_size = config.training.global_batch_size(strategy.num_replicas_in_sync)
-    if batch_size < strategy.num_replicas_in_sync:
-        raise ConfigError(
-            f"training.batch_size = {batch_size} is smaller than the {strategy.num_replicas_in_sync} "
-            f"replicas it is split across: every replica needs at least one example per step. Use "
-            f"a batch_size of at least {strategy.num_replicas_in_sync}, or set "
-            f"training.per_replica_batch_size instead."
-        )
+    batch_size = _global_batch_size(config, strategy)
     steps_per_epoch = _steps_per_epoch(config, len(splits.train), batch_size)
     total_steps = steps_per_epoch * config.training.epochs
 
