@@ -82,12 +82,10 @@ def run_sweep(config, output: Path, start: float, end: float, steps: int) -> tup
     """Train a fresh model for up to `steps` batches at exponentially growing rates; (lrs, losses) per batch."""
     import keras
 
-    from tfsft.backbones import is_pretrained
     from tfsft.data import load_splits
     from tfsft.distribute import make_strategy
-    from tfsft.freezing import FreezePlan
     from tfsft.modalities import get_modality
-    from tfsft.model import build_model, loss_for, metrics_for
+    from tfsft.model import build_model_and_plan, loss_for, metrics_for
     from tfsft.optim import build_optimizer
 
     keras.utils.set_random_seed(config.seed)
@@ -106,14 +104,7 @@ def run_sweep(config, output: Path, start: float, end: float, steps: int) -> tup
             return start * keras.ops.power(end / start, position)
 
     with strategy.scope():
-        backbone = modality.backbone()
-        model = build_model(config, modality, backbone, num_outputs)
-        plan = FreezePlan(
-            config.freeze,
-            backbone,
-            modality.unused_backbone_layers(backbone),
-            pretrained=is_pretrained(config.model.backbone),
-        )
+        _, model, plan = build_model_and_plan(config, modality, num_outputs)
         # The sweep takes the schedule term of tfsft.learning_rate's formula; the stage and per-variable terms stay.
         optimizer = build_optimizer(config.optimizer, Sweep(), model)
         model.compile(optimizer=optimizer, loss=loss_for(config), metrics=metrics_for(config, num_outputs))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tfsft.backbones import is_pretrained
 from tfsft.config import RunConfig
+from tfsft.freezing import FreezePlan
 from tfsft.modalities.base import Modality
 from tfsft.task_types import task_type
 
@@ -50,3 +52,19 @@ def class_weight_map(config: RunConfig, targets: np.ndarray, class_names: list[s
 
         raise ConfigError(f"training.class_weights names unknown classes {unknown}; the classes are {class_names}.")
     return {i: float(setting.get(name, 1.0)) for i, name in enumerate(class_names)}
+
+
+def build_model_and_plan(
+    config: RunConfig, modality: Modality, num_outputs: int
+) -> tuple[keras.Model, keras.Model, FreezePlan]:
+    """(backbone, model, its FreezePlan): what training and the LR range test both build, inside the caller's
+    strategy scope. The plan's units come from the freshly loaded backbone (pretrained or not decides BatchNorm)."""
+    backbone = modality.backbone()
+    model = build_model(config, modality, backbone, num_outputs)
+    plan = FreezePlan(
+        config.freeze,
+        backbone,
+        modality.unused_backbone_layers(backbone),
+        pretrained=is_pretrained(config.model.backbone),
+    )
+    return backbone, model, plan

@@ -16,7 +16,6 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfsft.backbones import is_pretrained
 from tfsft.callbacks import EarlyStopping, Monitors, ResumableCheckpoint, TrainingState
 from tfsft.config import RunConfig
 from tfsft.data import Splits, load_splits
@@ -37,7 +36,7 @@ from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.learning_rate import build_schedule
 from tfsft.modalities import get_modality
 from tfsft.modalities.base import Modality
-from tfsft.model import build_model, class_weight_map, loss_for, metrics_for
+from tfsft.model import build_model_and_plan, class_weight_map, loss_for, metrics_for
 from tfsft.optim import build_optimizer
 from tfsft.regularization import PretrainedAnchor, build_anchor
 from tfsft.rundir import RunDir, open_run_dir
@@ -142,14 +141,7 @@ def _build(
     total_steps = steps_per_epoch * config.training.epochs
 
     with strategy.scope():
-        backbone = modality.backbone()
-        model = build_model(config, modality, backbone, num_outputs)
-        plan = FreezePlan(
-            config.freeze,
-            backbone,
-            modality.unused_backbone_layers(backbone),
-            pretrained=is_pretrained(config.model.backbone),
-        )
+        backbone, model, plan = build_model_and_plan(config, modality, num_outputs)
         optimizer = build_optimizer(config.optimizer, build_schedule(config, total_steps, steps_per_epoch), model)
         # Built from the freshly loaded backbone: a checkpoint is only restored later, in fit_and_evaluate.
         anchor = build_anchor(config.regularization.pretrained_anchor, model, backbone, modality, optimizer)

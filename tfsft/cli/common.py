@@ -106,6 +106,20 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def add_config_arguments(parser, config_help: str, set_example: str, required: bool = False) -> None:
+    """`--config FILE` (repeatable, merged in order) and `--set KEY=VALUE` (repeatable), as every config-driven
+    command takes them."""
+    parser.add_argument("--config", action="append", default=[], required=required, help=config_help)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"Override one config value, e.g. --set {set_example}",
+    )
+
+
 def run_with_config(config_files: list, overrides: list, verbose: bool, command: Callable[[RunConfig], None]) -> int:
     """The start every config-driven entry point shares: quiet TF start-up, logging, then load the merged config
     (its errors come before any TF work) and run `command(config)`; user errors end as one paragraph."""

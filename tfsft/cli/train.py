@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from tfsft.cli.common import QUICKSTART, run_with_config
+from tfsft.cli.common import QUICKSTART, add_config_arguments, run_with_config
 
 if TYPE_CHECKING:
     from tfsft.config import RunConfig
@@ -19,19 +19,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tfsft.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        help="YAML config; repeat to merge several (later files win). Default: the quickstart.",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Override one config value, e.g. --set optimizer.learning_rate=3e-5",
+    add_config_arguments(
+        parser,
+        "YAML config; repeat to merge several (later files win). Default: the quickstart.",
+        "optimizer.learning_rate=3e-5",
     )
     parser.add_argument(
         "--resume",

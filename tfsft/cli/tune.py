@@ -17,7 +17,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from tfsft.cli.common import positive_int, run_with_config
+from tfsft.cli.common import add_config_arguments, positive_int, run_with_config
 from tfsft.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,20 +28,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tfsft.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
+    add_config_arguments(
+        parser,
+        "YAML config; repeat to merge several (e.g. the base run, then its tune: section).",
+        "tune.tuner=bayesian",
         required=True,
-        help="YAML config; repeat to merge several (e.g. the base run, then its tune: section).",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Override one config value, e.g. --set tune.tuner=bayesian",
     )
     parser.add_argument("--max-trials", type=positive_int, help="Shortcut for --set tune.max_trials=N.")
     parser.add_argument(
