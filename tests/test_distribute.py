@@ -195,7 +195,7 @@ def test_mixed_precision_learns_with_a_float32_head(tmp_path, text_data, policy)
 def test_training_order_depends_on_seed_and_epoch_only():
     import tensorflow as tf
 
-    from tfsft.modalities import shuffled_epochs
+    from tfsft.modalities.base import shuffled_epochs
 
     stream = shuffled_epochs(tf.data.Dataset.range(20), buffer_size=20, seed=7)
     first = [int(x) for x in stream.take(40)]
