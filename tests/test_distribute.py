@@ -129,12 +129,10 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-@pytest.mark.slow
-def test_two_workers_with_tf_config_match_one_worker(tmp_path, text_data, single_device_run):
-    out = tmp_path / "runs"
-    raw = distributed_config(text_data, tmp_path, "workers", distribute={"strategy": "multi_worker"})
+def start_two_workers(tmp_path, raw: dict) -> list:
+    """Two MultiWorkerMirrored workers of the same config (TF_CONFIG on fresh local ports), started in subprocesses."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    workers = [
+    return [
         train_in_subprocess(
             tmp_path,
             raw,
@@ -143,6 +141,13 @@ def test_two_workers_with_tf_config_match_one_worker(tmp_path, text_data, single
         )
         for i in range(2)
     ]
+
+
+@pytest.mark.slow
+def test_two_workers_with_tf_config_match_one_worker(tmp_path, text_data, single_device_run):
+    out = tmp_path / "runs"
+    raw = distributed_config(text_data, tmp_path, "workers", distribute={"strategy": "multi_worker"})
+    workers = start_two_workers(tmp_path, raw)
     logs = [finish(w) for w in workers]
     assert "CollectiveAllReduceStrategy (2 replicas)" in logs[0]  # MultiWorkerMirroredStrategy, logs[0][-2000:]
     run = only_run(out, "workers")
@@ -215,19 +220,7 @@ def test_killed_two_worker_run_resumes_with_the_same_command(tmp_path, text_data
     # 2 epochs, like the shared one-device reference: killed after epoch 1, the resumed cluster trains epoch 2.
     raw = distributed_config(text_data, tmp_path, "workers", epochs=2, distribute={"strategy": "multi_worker"})
 
-    def start_workers():
-        cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-        return [
-            train_in_subprocess(
-                tmp_path,
-                raw,
-                env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
-                tag="workers",
-            )
-            for i in range(2)
-        ]
-
-    workers = start_workers()
+    workers = start_two_workers(tmp_path, raw)
     deadline = time.time() + 300
     checkpoint_index = None
     while time.time() < deadline and checkpoint_index is None:
@@ -241,7 +234,7 @@ def test_killed_two_worker_run_resumes_with_the_same_command(tmp_path, text_data
     run = only_run(out, "workers")
     assert json.loads((run / "status.json").read_text())["state"] == "running"
 
-    logs = [finish(w) for w in start_workers()]  # the same command again
+    logs = [finish(w) for w in start_two_workers(tmp_path, raw)]  # the same command again
     assert "Resuming" in logs[0], logs[0][-2000:]
     assert only_run(out, "workers") == run
     assert json.loads((run / "status.json").read_text())["state"] == "completed"

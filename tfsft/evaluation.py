@@ -68,12 +68,6 @@ def eval_batch_size(config: RunConfig) -> int:
     return max(config.training.batch_size, 64)
 
 
-def predict_scores(
-    model: keras.Model, modality: Modality, records: Records, targets: np.ndarray, config: RunConfig, batch_size: int
-) -> np.ndarray:
-    return task_type(config).activation(predict_logits(model, modality, records, targets, batch_size))
-
-
 def _calibrate(p: Prepared, results: dict, logits: dict[str, np.ndarray]) -> None:
     """evaluation.calibrate: fit the temperature on validation; ECE/NLL before and after into `results`.
     `logits`: each held-out split's outputs, already computed for its metrics (one forward pass per split)."""
