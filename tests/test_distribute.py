@@ -212,6 +212,22 @@ def test_training_order_depends_on_seed_and_epoch_only():
     assert [int(x) for x in shuffled_epochs(tf.data.Dataset.range(20), 20, 8).take(20)] != first[:20]
 
 
+@pytest.mark.parametrize("run_seed", [0, 2**31 - 1])
+def test_training_order_works_when_the_global_seed_truncates_to_zero(run_seed):
+    # `seed: 0` sets TensorFlow's global seed to 0, where TF's own seed check used to fail on the epoch tensor.
+    import keras
+    import tensorflow as tf
+
+    from tfsft.modalities.base import shuffled_epochs
+
+    keras.utils.set_random_seed(run_seed)
+    first = [int(x) for x in shuffled_epochs(tf.data.Dataset.range(20), 20, run_seed).take(40)]
+    again = [int(x) for x in shuffled_epochs(tf.data.Dataset.range(20), 20, run_seed).take(40)]
+    assert first == again
+    assert sorted(first[:20]) == sorted(first[20:]) == list(range(20))
+    assert first[:20] != first[20:]
+
+
 @pytest.mark.slow
 def test_killed_two_worker_run_resumes_with_the_same_command(tmp_path, text_data, single_device_run):
     import time

@@ -166,6 +166,8 @@ class ScaledLearningRates:
     def _ensure_scaling_state(self):
         if not hasattr(self, "_lr_multipliers"):
             self._lr_multipliers = {}
+        if not hasattr(self, "_step_rates"):
+            self._step_rates = _StepRates()
         if not hasattr(self, "stage_factor"):
             # Not an optimizer variable: it is derived from the epoch on resume, and keeping it out of
             # `self.variables` keeps checkpoints compatible across freezing configurations.
@@ -185,10 +187,43 @@ class ScaledLearningRates:
         """This step's learning rate of `variable` (weight decay uses it)."""
         return get_lr(self, variable=variable)
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Keras passes every variable of one update the same `learning_rate`: each distinct rate (one without
+        # LLRD, a handful with it) is built once per update rather than ~100 times in the traced graph. The
+        # cache lives for this call only, so no tensor outlives the graph it was built in.
+        self._ensure_scaling_state()
+        self._step_rates.clear()
+        try:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._step_rates.clear()
+
     def update_step(self, gradient, variable, learning_rate):
         self._ensure_scaling_state()
-        lr = applied(learning_rate, ops.cast(self.stage_factor, learning_rate.dtype), self.lr_multiplier(variable))
-        return super().update_step(gradient, variable, lr)
+        multiplier = self.lr_multiplier(variable)
+        rate = self._step_rates.get(learning_rate, multiplier)
+        if rate is None:
+            rate = applied(learning_rate, ops.cast(self.stage_factor, learning_rate.dtype), multiplier)
+            self._step_rates.put(learning_rate, multiplier, rate)
+        return super().update_step(gradient, variable, rate)
+
+
+class _StepRates:
+    """The learning rates built during one update, by multiplier. A plain object, so that TensorFlow's attribute
+    tracking does not turn it into checkpointed state; keyed by the update's `learning_rate` object as well, so
+    that a rate is reused only for the very tensor it was computed from."""
+
+    def __init__(self) -> None:
+        self._rates: dict = {}
+
+    def get(self, learning_rate, multiplier):
+        return self._rates.get((id(learning_rate), multiplier), (None, None))[1]
+
+    def put(self, learning_rate, multiplier, rate) -> None:
+        self._rates[(id(learning_rate), multiplier)] = (learning_rate, rate)  # holds learning_rate: its id stays
+
+    def clear(self) -> None:
+        self._rates.clear()
 
 
 # ----------------------------------------------------------------------------------------- wiring

@@ -151,9 +151,11 @@ class Classification(TaskType):
     def metrics(self, num_outputs: int) -> list:
         import keras
 
+        from tfsft.keras_internals import build_f_score
+
         return [
             keras.metrics.CategoricalAccuracy(name="accuracy"),
-            keras.metrics.F1Score(average="macro", name="macro_f1"),
+            build_f_score(keras.metrics.F1Score(average="macro", name="macro_f1"), num_outputs),
         ]
 
     def activate(self, outputs: Any, ops: ArrayOps) -> Any:  # softmax

@@ -168,6 +168,12 @@ def shuffled_epochs(dataset: tf.data.Dataset, buffer_size: int, seed: int) -> tf
     """
 
     def one_epoch(epoch):
+        graph = tf.compat.v1.get_default_graph()  # this function's own graph, not the caller's
+        if graph.seed is not None and graph.seed % (2**31 - 1) == 0:
+            # TensorFlow's get_seed checks `(global, op) == (0, 0)`: with a global seed of 0 (`seed: 0`) and a
+            # tensor op seed that asks a symbolic tensor for its truth value and fails. A non-zero graph-level
+            # seed, local to this function, sidesteps it; the order stays a pure function of (seed, epoch).
+            graph.seed = 2**31 - 2
         return dataset.shuffle(buffer_size, seed=tf.cast(epoch, tf.int64) + seed, reshuffle_each_iteration=False)
 
     return tf.data.Dataset.range(2**62).flat_map(one_epoch)

@@ -31,6 +31,7 @@ class TextModality(Modality):
         super().__init__(config)
         self.tokenizer: Any = None
         self.packer: Any = None
+        self._tokenize_batch: Any = None  # `tokenize` as one tf.function, built with the tokenizer
         self.input_names: list[str] = ["token_ids", "segment_ids", "padding_mask"]
 
     # ------------------------------------------------------------------------------------- reading
@@ -90,6 +91,11 @@ class TextModality(Modality):
             pad_value=self.tokenizer.pad_token_id,
             truncate="round_robin",
         )
+        # One traced tokenizer for every tf.data pipeline: each `map(self.tokenize)` would trace the WordPiece
+        # graph again (~1 s of CPU each: training, validation, its length order, test, calibration), all of it
+        # before the first step or between training and the report. A map that calls this function only adds a
+        # call to the graph traced once.
+        self._tokenize_batch = tf.function(self.tokenize, autograph=False, reduce_retracing=True)
 
     def _vocabulary(self, train: Records, run_dir: Path) -> str:
         text_cfg = self.config.text
@@ -165,7 +171,7 @@ class TextModality(Modality):
             tf.data.Dataset.from_tensor_slices(columns)
             .batch(512)
             .map(
-                lambda f: tf.reduce_sum(tf.cast(self.tokenize(f)["token_ids"] != pad, tf.int32), axis=1),
+                lambda f: tf.reduce_sum(tf.cast(self._tokenize_batch(f)["token_ids"] != pad, tf.int32), axis=1),
                 num_parallel_calls=AUTOTUNE,
             )
         )
@@ -176,7 +182,7 @@ class TextModality(Modality):
     def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
         columns = {name: np.asarray(records.inputs[name], dtype=object) for name in records.inputs}
         ds = tf.data.Dataset.from_tensor_slices((columns, targets))
-        ds = ds.batch(512).map(lambda f, y: (self.tokenize(f), y), num_parallel_calls=AUTOTUNE).unbatch()
+        ds = ds.batch(512).map(lambda f, y: (self._tokenize_batch(f), y), num_parallel_calls=AUTOTUNE).unbatch()
         ds = ds.apply(tf.data.experimental.assert_cardinality(len(records)))  # unbatch forgets the size
         if self.config.data.cache:
             ds = ds.cache()
