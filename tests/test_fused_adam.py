@@ -1,7 +1,26 @@
-"""tfsft's Adam/AdamW apply Keras's update formula through one fused kernel per variable: same weights as Keras."""
+"""tfsft's Adam/AdamW apply Keras's update formula through one fused kernel per variable: same weights as Keras.
+
+An embedding's gradient arrives sparse (IndexedSlices, one row per token occurrence). Keras's own Adam computes
+`square(gradient)` on those rows before they are summed, so a row used twice in a batch gets g1² + g2² in its
+second moment instead of (g1 + g2)²; every other part of its update is dense anyway (Keras issue #19992). tfsft sums
+the rows first: the textbook Adam, as PyTorch and TensorFlow's own kernel compute it. The reference below is
+therefore Keras's update on the summed (dense) gradient."""
 
 import numpy as np
 import pytest
+
+
+def _on_dense_gradients(optimizer_cls):
+    """Keras's own optimizer, given each sparse gradient summed into a dense one."""
+    import tensorflow as tf
+
+    class OnDenseGradients(optimizer_cls):
+        def update_step(self, gradient, variable, learning_rate):
+            if isinstance(gradient, tf.IndexedSlices):
+                gradient = tf.convert_to_tensor(gradient)
+            return super().update_step(gradient, variable, learning_rate)
+
+    return OnDenseGradients
 
 
 def _train(optimizer_cls, **kwargs):
@@ -40,7 +59,28 @@ def test_fused_update_matches_keras(name, kwargs):
     from tfsft import optim
 
     start, fused = _train(getattr(optim, name), **kwargs)
-    _, reference = _train(getattr(keras.optimizers, name), **kwargs)
+    _, reference = _train(_on_dense_gradients(getattr(keras.optimizers, name)), **kwargs)
     for s, f, r in zip(start, fused, reference):
         assert np.abs(f - s).max() > 1e-3  # every variable moved ...
         np.testing.assert_allclose(f, r, atol=2e-6)  # ... exactly as Keras's own update moves it
+
+
+def test_a_row_used_twice_in_a_batch_gets_the_square_of_its_summed_gradient():
+    import keras
+    import tensorflow as tf
+
+    from tfsft import optim
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,), dtype="int32"), keras.layers.Embedding(10, 2), keras.layers.Flatten()])
+    optimizer = optim.Adam(learning_rate=0.1)
+    model.compile(optimizer=optimizer, loss="mse")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(tf.constant([[3, 3]])) * tf.constant([[1.0, 2.0, -3.0, 0.5]]))
+    gradients = tape.gradient(loss, model.trainable_variables)
+    assert isinstance(gradients[0], tf.IndexedSlices)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    summed = np.array([1.0 - 3.0, 2.0 + 0.5])  # row 3's two occurrences
+    velocity = optimizer._velocities[0].numpy()
+    np.testing.assert_allclose(velocity[3], (1 - optimizer.beta_2) * summed**2, rtol=1e-4)  # float32 1 - beta_2
+    assert not velocity[[0, 1, 2, 4]].any()  # rows outside the batch: nothing to add

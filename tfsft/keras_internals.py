@@ -136,8 +136,8 @@ class FusedAdamUpdate:
     before the first step, and an executor dispatch each at every step. The fused kernel computes the same
     formula (m, v moments; lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) bias correction; epsilon added to sqrt(v));
     the step's scalars (beta powers) are built once per step and shared by every variable. AMSGrad keeps Keras's
-    own update, and so do sparse gradients (see `update_step`). tests/test_fused_adam.py compares it with Keras's
-    own Adam/AdamW.
+    own update; a sparse gradient is made dense first, as Keras's update does (see `update_step`).
+    tests/test_fused_adam.py compares it with Keras's own Adam/AdamW.
     """
 
     _step_scalars: dict | None = None
@@ -171,11 +171,15 @@ class FusedAdamUpdate:
         return cached
 
     def update_step(self, gradient, variable, learning_rate):
-        # A sparse gradient (an embedding's, unclipped) keeps Keras's update: it moves the moments of the rows
-        # in the batch only, where the fused kernel would decay every row's.
-        if getattr(self, "amsgrad", False) or isinstance(gradient, tf.IndexedSlices):
+        if getattr(self, "amsgrad", False):
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
+        if isinstance(gradient, tf.IndexedSlices):
+            # An embedding's gradient (unclipped) arrives sparse. Keras's own Adam densifies it too (`gradient - m`
+            # is a dense op) and decays every row's moments, in ~10 full-size elementwise passes over the
+            # matrix: half of MiniLM's weights. Summing the rows into a dense gradient and running the fused kernel
+            # is the same update in two passes (tests/test_fused_adam.py compares with Keras's on an embedding).
+            gradient = tf.math.unsorted_segment_sum(gradient.values, gradient.indices, tf.shape(variable)[0])
         index = self._get_variable_index(variable)
         momentum, velocity = self._momentums[index], self._velocities[index]
         tf.raw_ops.ResourceApplyAdam(
