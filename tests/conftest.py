@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import glob
 import os
 import random
 import subprocess
@@ -206,6 +207,23 @@ def run_cli(module: str, *args: str, timeout: int = 600, cwd: Path | None = None
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=env
+    )
+
+
+def files_while_written(root: Path, pattern: str) -> list[Path]:
+    """Files under `root` matching `pattern` ("**" allowed) while another process is writing there.
+
+    TensorFlow writes each checkpoint into a `ckpt-N_temp` folder and renames it, and exports go through a `.tmp-*`
+    folder the same way: a folder can vanish between being listed and being read. `Path.rglob` then raises
+    FileNotFoundError (Python 3.11 only ignores PermissionError); `glob.glob` skips the vanished folder.
+    """
+    return sorted(Path(p) for p in glob.glob(str(root / pattern), recursive=True))
+
+
+def saved_checkpoint_steps(root: Path) -> list[int]:
+    """Steps of the `checkpoints/last/ckpt-N` checkpoints anywhere under `root`, read while a run may be writing."""
+    return sorted(
+        int(p.name.split("-")[1].split(".")[0]) for p in files_while_written(root, "**/checkpoints/last/ckpt-*.index")
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, saved_weights, text_config, validated, write_config
+from conftest import REPO, files_while_written, saved_weights, text_config, validated, write_config
 
 # Runs in a fresh interpreter: logical devices must be configured before TensorFlow initialises.
 DRIVER = r"""
@@ -241,7 +241,7 @@ def test_killed_two_worker_run_resumes_with_the_same_command(tmp_path, text_data
     checkpoint_index = None
     while time.time() < deadline and checkpoint_index is None:
         time.sleep(0.2)
-        found = list((out / "workers").glob("mw-*/checkpoints/last/ckpt-*.index"))
+        found = files_while_written(out / "workers", "mw-*/checkpoints/last/ckpt-*.index")
         checkpoint_index = found[0] if found else None
     assert checkpoint_index is not None, "no checkpoint appeared"
     for worker in workers:  # the whole cluster dies after epoch 1

@@ -9,11 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
-from conftest import REPO, text_config, validated
+from conftest import REPO, files_while_written, text_config, validated
 from tfsft import export as export_module
 from tfsft import export_verify
 from tfsft.cli.predict import main as predict_main
@@ -63,9 +62,9 @@ def call_in_fresh_process(path, requests: dict, tmp_path) -> dict:
 
 
 def keras_probabilities(run_dir, modality_inputs):
-    import tfsft.layers  # noqa: F401
+    from tfsft.runs import load_model_file
 
-    model = keras.saving.load_model(run_dir / "model.keras")
+    model = load_model_file(run_dir / "model.keras")
     logits = model.predict(modality_inputs, verbose=0)
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
@@ -214,7 +213,7 @@ def test_sigkill_during_export_leaves_no_new_version(tmp_path, text_run):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     deadline = time.time() + 180
-    while time.time() < deadline and not list((base / "k").glob(".tmp-*/saved_model.pb")):
+    while time.time() < deadline and not files_while_written(base / "k", ".tmp-*/saved_model.pb"):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)

@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, keyword_texts, saved_weights, text_config, validated, write_config, write_csv
+from conftest import (
+    REPO,
+    keyword_texts,
+    saved_checkpoint_steps,
+    saved_weights,
+    text_config,
+    validated,
+    write_config,
+    write_csv,
+)
 from tfsft import calibration
 from tfsft.errors import ConfigError
 from tfsft.freezing import Stage
@@ -159,7 +168,7 @@ def test_anchor_after_sigkill_and_resume_is_the_original_pretrained_weights(tmp_
     )
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        if [p for p in (tmp_path / "runs").rglob("checkpoints/last/ckpt-*.index") if int(p.stem.split("-")[1]) > 16]:
+        if [step for step in saved_checkpoint_steps(tmp_path / "runs") if step > 16]:
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)

@@ -7,18 +7,21 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, image_config, text_config, validated, write_config, write_digit_folder
+from conftest import (
+    REPO,
+    image_config,
+    saved_checkpoint_steps,
+    text_config,
+    validated,
+    write_config,
+    write_digit_folder,
+)
 from tfsft.trainer import train
 
 pytestmark = pytest.mark.slow
-
-
-def _checkpoint_steps(run_root: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in run_root.rglob("checkpoints/last/ckpt-*.index"))
 
 
 def test_sigkill_mid_epoch_then_same_command_resumes_and_finishes(tmp_path, text_data):
@@ -32,7 +35,7 @@ def test_sigkill_mid_epoch_then_same_command_resumes_and_finishes(tmp_path, text
     killed_at = None
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        mid_epoch = [s for s in _checkpoint_steps(runs) if s > steps and s % steps]
+        mid_epoch = [s for s in saved_checkpoint_steps(runs) if s > steps and s % steps]
         if mid_epoch:
             process.send_signal(signal.SIGKILL)
             killed_at = mid_epoch[-1]
@@ -51,7 +54,7 @@ def test_sigkill_mid_epoch_then_same_command_resumes_and_finishes(tmp_path, text
     history = json.loads((run_dir / "history.json").read_text())
     assert len(history) == 3
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
-    assert _checkpoint_steps(runs)[-1] == 3 * steps  # every step ran exactly once overall
+    assert saved_checkpoint_steps(runs)[-1] == 3 * steps  # every step ran exactly once overall
 
 
 def test_transfer_from_weights_file_beats_random_init(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from conftest import image_config, keyword_texts, text_config, validated, write_csv
 from tfsft.callbacks import TrainingState
 from tfsft.learning_rate import get_lr
+from tfsft.runs import load_model_file
 from tfsft.trainer import fit_and_evaluate, prepare, train
 
 
@@ -215,8 +216,8 @@ def test_early_stopping_restores_best_weights(tmp_path):
     best = int(np.argmin(val_losses))
     assert len(history) < 6, f"did not stop early: {val_losses}"
     assert len(history) - 1 - best == 2  # patience 1: stopped on the second epoch without improvement
-    final = keras.saving.load_model(result.run_dir / "model.keras")
-    best_model = keras.saving.load_model(result.run_dir / "model.keras")
+    final = load_model_file(result.run_dir / "model.keras")
+    best_model = load_model_file(result.run_dir / "model.keras")
     best_model.load_weights(result.run_dir / "checkpoints" / "best.weights.h5")
     for a, b in zip(final.weights, best_model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -253,7 +254,7 @@ def test_text_end_to_end_learns_and_writes_the_run_directory(tmp_path, text_data
     assert "negative" in report and "positive" in report
     # The saved model reloads in Keras safe mode and answers like the model trained in memory, and unlike an
     # untrained one (so a save that lost the trained weights would fail here).
-    reloaded = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    reloaded = load_model_file(run / "model.keras")  # safe mode, as every tfsft command loads it
     batch, _ = next(iter(trained.modality.dataset(trained.splits.test, trained.targets["test"], False, 16)))
     expected = trained.model.predict(batch, verbose=0)
     np.testing.assert_allclose(reloaded.predict(batch, verbose=0), expected, atol=1e-5)

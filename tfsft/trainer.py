@@ -328,7 +328,7 @@ def _stop_if_diverged(p: Prepared, state: TrainingState) -> None:
         return
     best_file = p.run.checkpoints / "best.weights.h5"
     if best_file.exists():
-        p.model.load_weights(str(best_file))
+        _load_best_weights(p.model, best_file)
     p.run.set_status("stopped_nan")
     raise TrainingAborted(
         f"Training stopped: the loss became NaN/Inf. The best checkpoint is kept at {best_file}. Lower "
@@ -337,11 +337,20 @@ def _stop_if_diverged(p: Prepared, state: TrainingState) -> None:
     )
 
 
+def _load_best_weights(model, best_file: Path) -> None:
+    with warnings.catch_warnings():
+        # The file also holds the optimizer's state at the best epoch; where layers were unfrozen since, the
+        # optimizer has more slots and Keras skips its state with a warning. Training is over: only the model's
+        # weights matter here, and those are restored (a layer mismatch still raises).
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(str(best_file))
+
+
 def _restore_best_weights(p: Prepared, monitors: Monitors) -> None:
     best_file = p.run.checkpoints / "best.weights.h5"
     if not (p.config.training.early_stopping.restore_best and best_file.exists()):
         return
-    p.model.load_weights(str(best_file))
+    _load_best_weights(p.model, best_file)
     best_index, _ = monitors.metric.best(monitors.history.state)
     print(
         f"Restored the best weights (epoch {best_index + 1 if best_index is not None else '?'}, "
