@@ -61,3 +61,37 @@ def test_built_optimizer_has_the_private_state_the_overrides_use():
         optimizer, bias
     )
     assert keras_internals.variable_key(optimizer, kernel) != keras_internals.variable_key(optimizer, bias)
+
+
+def test_untracked_scope_stores_plain_containers_as_they_are_and_still_tracks_variables(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.python.trackable import data_structures
+
+    original = data_structures.sticky_attribute_assignment
+    layer = keras.layers.Layer()
+    with keras_internals.plain_containers_untracked():
+        layer.vocabulary = ["[PAD]", "[UNK]", "hello"]
+        layer.ids = {"[PAD]": 0, "[UNK]": 1, "hello": 2}
+        layer.tables = [tf.Variable([1.0, 2.0])]  # holds a trackable: TensorFlow still tracks it
+    assert type(layer.vocabulary) is list and type(layer.ids) is dict
+    assert data_structures.sticky_attribute_assignment is original
+
+    checkpoint = tf.train.Checkpoint(layer=layer)
+    path = checkpoint.write(str(tmp_path / "ckpt"))
+    layer.tables[0].assign([0.0, 0.0])
+    checkpoint.read(path).assert_consumed()
+    np.testing.assert_array_equal(layer.tables[0].numpy(), [1.0, 2.0])
+
+
+def test_untracked_scope_restores_tracking_after_an_error():
+    from tensorflow.python.trackable import data_structures
+
+    original = data_structures.sticky_attribute_assignment
+    with pytest.raises(RuntimeError):
+        with keras_internals.plain_containers_untracked():
+            raise RuntimeError("boom")
+    assert data_structures.sticky_attribute_assignment is original
+    layer = keras.layers.Layer()
+    layer.vocabulary = ["a", "b"]  # outside the scope TensorFlow wraps it again
+    assert type(layer.vocabulary) is not list
