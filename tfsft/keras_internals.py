@@ -224,8 +224,8 @@ def plain_containers_untracked() -> Iterator[None]:
     then hands the assignment to TensorFlow's `AutoTrackable.__setattr__`, which wraps each container element by
     element (`ListWrapper`, `_DictWrapper`): MiniLM's tokenizer loaded in 0.56 s of CPU with that wrapping and in
     0.15 s without (median of 4, AMD EPYC, AVX2), for wrappers that record nothing: strings and ints have no
-    checkpoint dependencies. Containers that do hold a trackable object
-    (a variable, a layer, a lookup table, or a nested container that might) still go through TensorFlow.
+    checkpoint dependencies. Containers that do hold a trackable object (a variable, a layer, a lookup table, or
+    a nested container that might) still go through TensorFlow.
     """
     from keras.src.utils.tracking import DotNotTrackScope
     from tensorflow.python.trackable import base, data_structures

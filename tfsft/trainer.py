@@ -339,8 +339,8 @@ def _stop_if_diverged(p: Prepared, state: TrainingState) -> None:
 
 def _load_best_weights(model, best_file: Path) -> None:
     with warnings.catch_warnings():
-        # The file also holds the optimizer's state at the best epoch; where layers were unfrozen since, the
-        # optimizer has more slots and Keras skips its state with a warning. Training is over: only the model's
+        # The file also holds the optimizer's state at the best epoch; where the optimizer has made slots since
+        # (layers unfrozen later, for one), Keras skips that state with a warning. Training is over: only the model's
         # weights matter here, and those are restored (a layer mismatch still raises).
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         model.load_weights(str(best_file))
