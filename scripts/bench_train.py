@@ -192,9 +192,11 @@ def worker_tfsft_text(args, data: dict) -> dict:
             "evaluation": {"worst_examples": 0},
         }
     )
-    prepared = prepare(config, resume="never")  # data, tokenizer, model and compile: HF's and KerasHub's are
-    timer = StepTimer()  # outside their timers too (they start at Trainer.train / fit); time to first step and
-    timer.start()  # "process start -> last step" count everything for every system
+    # Data, tokenizer, model and compile before the timer starts, as HF's and KerasHub's are outside theirs (they
+    # start at Trainer.train / fit); time to first step and "process start -> last step" count everything.
+    prepared = prepare(config, resume="never")
+    timer = StepTimer()
+    timer.start()
     result = fit_and_evaluate(prepared, verbose=0, callbacks=[keras_timer_callback(timer)])
     out = timer.summary(BATCH, len(prepared.splits.train))
     # Predict as tfsft serves: the exported SavedModel's signature on raw strings (tokenization in graph), the

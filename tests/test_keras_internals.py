@@ -92,6 +92,9 @@ def test_untracked_scope_restores_tracking_after_an_error():
         with keras_internals.plain_containers_untracked():
             raise RuntimeError("boom")
     assert data_structures.sticky_attribute_assignment is original
+    from keras.src.utils.tracking import DotNotTrackScope
+
     layer = keras.layers.Layer()
-    layer.vocabulary = ["a", "b"]  # outside the scope TensorFlow wraps it again
-    assert type(layer.vocabulary) is not list
+    with DotNotTrackScope():  # Keras's walk off, as in the scope: TensorFlow's wrapping is back
+        layer.vocabulary = ["a", "b"]
+    assert isinstance(layer.vocabulary, data_structures.ListWrapper)

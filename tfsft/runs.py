@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from tfsft.errors import ConfigError
@@ -51,7 +53,18 @@ def load_model_file(path: Path):
     import tfsft.layers  # noqa: F401  (registers tfsft's layers for safe-mode loading)
     import tfsft.optim  # noqa: F401
 
-    with warnings.catch_warnings():
-        # The saved optimizer state is irrelevant for inference; Keras warns when its slot count differs.
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+    with optimizer_state_skipped_quietly():  # the optimizer's state is irrelevant for inference
         return keras.saving.load_model(path, safe_mode=True)
+
+
+@contextlib.contextmanager
+def optimizer_state_skipped_quietly() -> Iterator[None]:
+    """Load Keras weights without Keras's warning when the saved optimizer has a different number of slots.
+
+    `model.keras` and `*.weights.h5` also hold the optimizer's state. Keras restores it only when the optimizer
+    has exactly as many variables as were saved (layers unfrozen since, for one, add slots) and otherwise skips
+    it with a warning. Where only the model's weights are needed, that skip is expected; a mismatch in the
+    model's own layers still raises."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        yield

@@ -40,6 +40,7 @@ from tfsft.model import build_model_and_plan, class_weight_map, loss_for, metric
 from tfsft.optim import build_optimizer
 from tfsft.regularization import PretrainedAnchor, build_anchor
 from tfsft.rundir import RunDir, open_run_dir
+from tfsft.runs import load_model_file, optimizer_state_skipped_quietly
 from tfsft.runtime import log_choices
 from tfsft.step_logging import monitoring_callbacks
 from tfsft.tracking import Trackers, start_trackers
@@ -338,11 +339,7 @@ def _stop_if_diverged(p: Prepared, state: TrainingState) -> None:
 
 
 def _load_best_weights(model, best_file: Path) -> None:
-    with warnings.catch_warnings():
-        # The file also holds the optimizer's state at the best epoch; where the optimizer has made slots since
-        # (layers unfrozen later, for one), Keras skips that state with a warning. Training is over: only the model's
-        # weights matter here, and those are restored (a layer mismatch still raises).
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+    with optimizer_state_skipped_quietly():  # training is over: only the model's weights matter here
         model.load_weights(str(best_file))
 
 
@@ -370,8 +367,6 @@ def _save_evaluate_export(
     if is_multi_worker():
         # Under MultiWorkerMirroredStrategy, predict() shards its input over the workers and would hand the
         # chief half of the predictions: evaluate a local copy of the final model instead.
-        from tfsft.runs import load_model_file
-
         evaluated = dataclasses.replace(p, model=load_model_file(run / "model.keras"))
     metrics = evaluate_run(evaluated, state.epochs, monitors.overfitting.warnings, train_seconds)
     run.set_status("completed", train_seconds=round(train_seconds, 1))
