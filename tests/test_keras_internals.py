@@ -98,3 +98,15 @@ def test_untracked_scope_restores_tracking_after_an_error():
     with DotNotTrackScope():  # Keras's walk off, as in the scope: TensorFlow's wrapping is back
         layer.vocabulary = ["a", "b"]
     assert isinstance(layer.vocabulary, data_structures.ListWrapper)
+
+
+def test_functional_graph_accessors_find_the_producing_layer_and_its_calls():
+    inputs = keras.Input((3,))
+    shared = keras.layers.Dense(3, name="shared")
+    hidden = shared(shared(inputs))
+    outputs = keras.layers.Dense(1, name="out")(hidden)
+    keras.Model(inputs, outputs)
+    assert keras_internals.producing_layer(outputs).name == "out"
+    assert keras_internals.producing_layer(hidden) is shared
+    assert keras_internals.times_called_in_graphs(shared) == 2
+    assert keras_internals.producing_layer(None) is None

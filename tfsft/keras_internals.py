@@ -102,6 +102,17 @@ def flatten_layers(layer):
     return layer._flatten_layers(include_self=False, recursive=True)
 
 
+def producing_layer(keras_tensor):
+    """The layer whose call produced a symbolic tensor of a functional model, or None."""
+    history = getattr(keras_tensor, "_keras_history", None)
+    return history.operation if history is not None else None
+
+
+def times_called_in_graphs(layer) -> int:
+    """How many calls of `layer` functional graphs hold (a layer shared across a stack has several)."""
+    return len(layer._inbound_nodes)
+
+
 def scale_loss_for_distribution(value):
     from keras.src.losses.loss import scale_loss_for_distribution as scale
 

@@ -43,6 +43,10 @@ def load_run(run_dir: str | Path):
             f"directory is damaged or from an incompatible version. Retrain, or use another "
             f"run."
         ) from None
+    if config.task.modality == "text":
+        from tfsft.first_token import apply_to_loaded_model
+
+        apply_to_loaded_model(config, model)  # as the run trained it: the last layer on the first token only
     return config, classes, model
 
 

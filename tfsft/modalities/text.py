@@ -97,7 +97,13 @@ class TextModality(Modality):
         # graph again (~1 s of CPU each: training, validation, its length order, test, calibration), all of it
         # before the first step or between training and the report. A map that calls this function only adds a
         # call to the graph traced once.
-        self._tokenize_batch = tf.function(self.tokenize, autograph=False, reduce_retracing=True)
+        # Its input signature makes it one trace for batches of any size, in a pipeline or called directly.
+        spec = tf.TensorSpec([None], tf.string)
+        self._tokenize_batch = tf.function(
+            self.tokenize,
+            autograph=False,
+            input_signature=[{name: spec for name in self.serving_signatures()["serving_default"]}],
+        )
 
     def _vocabulary(self, train: Records, run_dir: Path) -> str:
         text_cfg = self.config.text
@@ -144,15 +150,17 @@ class TextModality(Modality):
         return {name: packed[name] for name in self.input_names}
 
     # ------------------------------------------------------------------------------------- tf.data
-    def _trim(self, features: dict, targets):
-        """Cut a batch's padding down to its longest sequence, rounded up to a multiple of 8.
+    def _trim(self, features: dict, targets, multiple: int = 8):
+        """Cut a batch's padding down to its longest sequence, rounded up to a multiple of `multiple`.
 
         The model is traced once for any length (the batch and length dimensions are unknown in the graph), so
         cutting to the bucket boundary would only add padding: a batch of 40-token tweets in the 48 bucket costs
-        the model 40 positions, not 48. Multiples of 8 keep the matmuls on whole SIMD vectors.
+        the model 40 positions, not 48. Training rounds to 8, so that an epoch meets at most max_length / 8
+        shapes (oneDNN builds its kernels once per shape); serving (`multiple=1`) computes no padding at all:
+        ~9 % more texts/s on tweets, measured on the exported model.
         """
         longest = tf.reduce_max(tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1))
-        length = tf.minimum((longest + 7) // 8 * 8, tf.shape(features["padding_mask"])[1])
+        length = tf.minimum((longest + multiple - 1) // multiple * multiple, tf.shape(features["padding_mask"])[1])
         return {k: v[:, :length] for k, v in features.items()}, targets
 
     def _boundaries(self) -> list[int]:
@@ -173,7 +181,9 @@ class TextModality(Modality):
             tf.data.Dataset.from_tensor_slices(columns)
             .batch(512)
             .map(
-                lambda f: tf.reduce_sum(tf.cast(self._tokenize_batch(f)["token_ids"] != pad, tf.int32), axis=1),
+                tf.autograph.experimental.do_not_convert(
+                    lambda f: tf.reduce_sum(tf.cast(self._tokenize_batch(f)["token_ids"] != pad, tf.int32), axis=1)
+                ),
                 num_parallel_calls=AUTOTUNE,
             )
         )
@@ -182,9 +192,13 @@ class TextModality(Modality):
         return np.lexsort((lengths, runs))  # stable: by run, then by length, then by position
 
     def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
+        # The functions given to tf.data are plain TensorFlow: without AutoGraph's conversion (parsing their
+        # source, ~0.3 s of CPU before the first step).
+        no_autograph = tf.autograph.experimental.do_not_convert
         columns = {name: np.asarray(records.inputs[name], dtype=object) for name in records.inputs}
         ds = tf.data.Dataset.from_tensor_slices((columns, targets))
-        ds = ds.batch(512).map(lambda f, y: (self._tokenize_batch(f), y), num_parallel_calls=AUTOTUNE).unbatch()
+        tokenized = no_autograph(lambda f, y: (self._tokenize_batch(f), y))
+        ds = ds.batch(512).map(tokenized, num_parallel_calls=AUTOTUNE).unbatch()
         ds = ds.apply(tf.data.experimental.assert_cardinality(len(records)))  # unbatch forgets the size
         if self.config.data.cache:
             ds = ds.cache()
@@ -192,13 +206,13 @@ class TextModality(Modality):
             ds = shuffled_epochs(ds, min(self.config.data.shuffle_buffer, len(records)), self.config.seed)
             boundaries = self._boundaries()
             ds = ds.bucket_by_sequence_length(
-                element_length_func=lambda f, y: tf.reduce_sum(tf.cast(f["padding_mask"], tf.int32)),
+                element_length_func=no_autograph(lambda f, y: tf.reduce_sum(tf.cast(f["padding_mask"], tf.int32))),
                 bucket_boundaries=[b + 1 for b in boundaries[:-1]],
                 bucket_batch_sizes=[batch_size] * len(boundaries),
             )
         else:
             ds = ds.batch(batch_size)
-        return ds.map(self._trim, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        return ds.map(no_autograph(self._trim), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
     # ------------------------------------------------------------------------------------- serving
     def serving_signatures(self) -> SignatureSpecs:
@@ -222,7 +236,7 @@ class TextModality(Modality):
 
         def chunk_outputs(start):
             chunk = {name: value[start : start + SERVING_CHUNK] for name, value in features.items()}
-            return tf.cast(model(self._trim(chunk, None)[0], training=False), tf.float32)
+            return tf.cast(model(self._trim(chunk, None, multiple=1)[0], training=False), tf.float32)
 
         # The element shape lets an empty request concatenate to [0, outputs] instead of failing.
         outputs = tf.TensorArray(
@@ -329,10 +343,13 @@ class TextModality(Modality):
         return ()
 
     def features(self, backbone: keras.Model, inputs: Any) -> Any:
-        outputs = backbone({k: inputs[k] for k in self.input_names})
+        from tfsft.first_token import compute_first_token_only
+
         pooling = self.config.model.head.pooling
         if pooling in ("auto", "avg"):
             pooling = "mean"
+        compute_first_token_only(backbone, pooling)  # cls/pooled read token 0 only: the last layer computes that
+        outputs = backbone({k: inputs[k] for k in self.input_names})
         if pooling == "pooled":
             if not (isinstance(outputs, dict) and "pooled_output" in outputs):
                 raise DataError("model.head.pooling: pooled needs a backbone with a pooled_output (e.g. BERT).")

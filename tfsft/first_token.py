@@ -1,0 +1,134 @@
+"""A text head that reads only the first token lets the backbone's last encoder layer compute only that token.
+
+With `model.head.pooling: cls` (the first token's vector) or `pooled` (BERT's pooler, a Dense on the first token),
+nothing downstream reads positions 1..L of the last encoder layer's output. Their attention output, feed-forward
+block and layer norms are most of that layer's work (for a 6-layer MiniLM, ~14 % of the encoder's FLOPs); the first
+position still attends to the keys and values of every token, so its vector is the one the full layer computes (up
+to float rounding). Training, evaluation, the exported SavedModel and ONNX all run the shorter layer: its gradients
+for the weights are the same as the full layer's, since the other positions never reached the loss.
+
+What changes is only how that one layer instance runs: its class becomes `FirstTokenTransformerEncoder`, a
+subclass of KerasHub's `TransformerEncoder` with the same weights, config and name, so checkpoints, `model.keras`
+files, freezing and per-layer learning rates see the same layer. The backbone's `sequence_output` then has length
+1; tfsft's head is the only reader of it. The shortcut applies where the structure guarantees it is exact:
+a KerasHub backbone whose `sequence_output` comes straight from a plain `TransformerEncoder` called once (BERT,
+RoBERTa, DistilBERT, ELECTRA, XLM-RoBERTa presets; not ALBERT, whose layers are shared, nor DeBERTa-v3) and, if it
+has a pooled output, whose pooler reads token 0. Anything else trains exactly as before.
+
+Reads private attributes of `keras_hub.layers.TransformerEncoder` (its sublayers): keras-hub is pinned to a minor
+version in pyproject.toml and `tests/test_keras_internals.py` checks the names.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+from keras_hub.layers import TransformerEncoder
+from keras_hub.src.layers.modeling.transformer_layer_utils import merge_padding_and_attention_mask
+
+from tfsft.keras_internals import producing_layer, times_called_in_graphs
+
+log = logging.getLogger(__name__)
+
+FIRST_TOKEN_POOLINGS = ("cls", "pooled")
+
+# The sublayers `FirstTokenTransformerEncoder.call` runs, as TransformerEncoder names them (keras-hub 0.32).
+ENCODER_SUBLAYERS = (
+    "_self_attention_layer",
+    "_self_attention_dropout",
+    "_self_attention_layer_norm",
+    "_feedforward_intermediate_dense",
+    "_feedforward_output_dense",
+    "_feedforward_dropout",
+    "_feedforward_layer_norm",
+)
+
+
+@keras.saving.register_keras_serializable(package="tfsft")
+class FirstTokenTransformerEncoder(TransformerEncoder):
+    """KerasHub's TransformerEncoder, returning only position 0: `[batch, 1, hidden]`.
+
+    Position 0 attends to every (unmasked) position as in the full layer; the other positions' attention outputs,
+    feed-forward blocks and layer norms are not computed."""
+
+    def call(self, inputs, padding_mask=None, attention_mask=None, training=None, return_attention_scores=False):
+        if return_attention_scores:  # attention maps are asked for all positions: the full layer
+            return super().call(inputs, padding_mask, attention_mask, training, return_attention_scores)
+        mask = merge_padding_and_attention_mask(inputs, padding_mask, attention_mask)  # [B, 1 or L, L] or None
+        if mask is not None:
+            mask = mask[:, :1, :]
+        residual = inputs[:, :1, :]
+        x = self._self_attention_layer_norm(inputs) if self.normalize_first else inputs
+        x = self._self_attention_layer(query=x[:, :1, :], value=x, attention_mask=mask, training=training)
+        x = self._self_attention_dropout(x, training=training)
+        x = x + residual
+        if not self.normalize_first:
+            x = self._self_attention_layer_norm(x)
+        residual = x
+        if self.normalize_first:
+            x = self._feedforward_layer_norm(x)
+        x = self._feedforward_intermediate_dense(x)
+        x = self._feedforward_output_dense(x)
+        x = self._feedforward_dropout(x, training=training)
+        x = x + residual
+        if not self.normalize_first:
+            x = self._feedforward_layer_norm(x)
+        return x
+
+
+# Keras's weight files (`model.keras`, `*.weights.h5`) file each layer of a list under its class's name: with
+# TransformerEncoder's name, a file written by either class loads into the other (a loaded model is plain).
+FirstTokenTransformerEncoder.__name__ = TransformerEncoder.__name__
+
+
+def last_encoder_if_first_token_suffices(backbone: Any) -> tuple[Any, str]:
+    """(the encoder layer whose output is `sequence_output`, "") when only token 0 of it is ever read downstream
+    of the backbone's own graph; (None, why not) otherwise."""
+    import keras_hub
+
+    if not isinstance(backbone, keras_hub.models.Backbone):
+        return None, "the backbone is not a KerasHub backbone"
+    outputs = backbone.output
+    if not (isinstance(outputs, dict) and "sequence_output" in outputs):
+        return None, "the backbone has no sequence_output"
+    layer = producing_layer(outputs["sequence_output"])
+    if isinstance(layer, FirstTokenTransformerEncoder):
+        return layer, ""
+    if layer is None or type(layer) is not TransformerEncoder:
+        return None, f"its sequence_output comes from {type(layer).__name__}, not a plain TransformerEncoder"
+    if times_called_in_graphs(layer) != 1:
+        return None, f"{layer.name} is shared by several positions of the stack"
+    if "pooled_output" in outputs and getattr(backbone, "cls_token_index", None) != 0:
+        return None, "its pooler may read a token other than the first"
+    return layer, ""
+
+
+def compute_first_token_only(backbone: Any, pooling: str) -> bool:
+    """Make the backbone's last encoder layer compute only token 0 when `pooling` reads nothing else and the
+    backbone's structure allows it (see the module docstring); logged once either way. True when applied."""
+    if pooling not in FIRST_TOKEN_POOLINGS:
+        return False
+    layer, why_not = last_encoder_if_first_token_suffices(backbone)
+    if layer is None:
+        log.info("auto: last encoder layer computes every token: model.head.pooling %s, but %s", pooling, why_not)
+        return False
+    if not isinstance(layer, FirstTokenTransformerEncoder):
+        layer.__class__ = FirstTokenTransformerEncoder  # same object: weights, name and tracking unchanged
+        log.info(
+            "auto: %s computes the first token only: model.head.pooling %s reads nothing else from it",
+            layer.name,
+            pooling,
+        )
+    return True
+
+
+def apply_to_loaded_model(config: Any, model: keras.Model) -> None:
+    """The same shortcut on a text model loaded from `model.keras` (KerasHub rebuilds the backbone from its
+    config, with plain encoder layers)."""
+    import keras_hub
+
+    backbones = [layer for layer in model.layers if isinstance(layer, keras_hub.models.Backbone)]
+    if len(backbones) == 1:
+        compute_first_token_only(backbones[0], config.model.head.pooling)
