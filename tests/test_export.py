@@ -81,7 +81,10 @@ def digest(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory, text_data):
     tmp = tmp_path_factory.mktemp("text_export")
-    return train(validated(text_config(text_data, tmp, training={"epochs": 3})), verbose=0).run_dir
+    # A cls head, so the export runs the last encoder layer on the first token only (tfsft/first_token.py); the
+    # mean-pooled default is exported by tests/test_quality.py and tests/test_onnx_export.py.
+    config = text_config(text_data, tmp, training={"epochs": 3}, model={"head": {"pooling": "cls"}})
+    return train(validated(config), verbose=0).run_dir
 
 
 def test_text_export_answers_raw_strings_like_the_keras_model(tmp_path, text_run):
@@ -109,10 +112,12 @@ def test_text_export_answers_raw_strings_like_the_keras_model(tmp_path, text_run
 
     # The same texts through the training-time pipeline and the Keras model.
     from tfsft.data import Records
+    from tfsft.first_token import FirstTokenTransformerEncoder
     from tfsft.modalities import get_modality
     from tfsft.runs import load_run
 
     config, classes, model = load_run(text_run)
+    assert isinstance(model.get_layer("bert_backbone").get_layer("transformer_layer_1"), FirstTokenTransformerEncoder)
     modality = get_modality(config)
     records = Records({"text": texts}, ["positive"] * 3, [1, 2, 3], "inline")
     modality.prepare(records, text_run)

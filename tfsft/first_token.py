@@ -107,8 +107,9 @@ def last_encoder_if_first_token_suffices(backbone: Any) -> tuple[Any, str]:
 
 def compute_first_token_only(backbone: Any, pooling: str) -> bool:
     """Make the backbone's last encoder layer compute only token 0 when `pooling` reads nothing else and the
-    backbone's structure allows it (see the module docstring); logged once either way. True when applied."""
+    backbone's structure allows it (see the module docstring); logged either way. True when applied."""
     if pooling not in FIRST_TOKEN_POOLINGS:
+        log.info("auto: last encoder layer computes every token: model.head.pooling %s reads every token", pooling)
         return False
     layer, why_not = last_encoder_if_first_token_suffices(backbone)
     if layer is None:
