@@ -8,15 +8,16 @@ to float rounding). Training, evaluation, the exported SavedModel and ONNX all r
 for the weights are the same as the full layer's, since the other positions never reached the loss.
 
 What changes is only how that one layer instance runs: its class becomes `FirstTokenTransformerEncoder`, a
-subclass of KerasHub's `TransformerEncoder` with the same weights, config and name, so checkpoints, `model.keras`
-files, freezing and per-layer learning rates see the same layer. The backbone's `sequence_output` then has length
-1; tfsft's head is the only reader of it. The shortcut applies where the structure guarantees it is exact:
-a KerasHub backbone whose `sequence_output` comes straight from a plain `TransformerEncoder` called once (BERT,
-RoBERTa, DistilBERT, ELECTRA, XLM-RoBERTa presets; not ALBERT, whose layers are shared, nor DeBERTa-v3) and, if it
-has a pooled output, whose pooler reads token 0. Anything else trains exactly as before.
+subclass of KerasHub's `TransformerEncoder` with the same weights, config, layer name and class name, so
+checkpoints, `model.keras` files, freezing and per-layer learning rates see the same layer. The backbone's
+`sequence_output` then has length 1; tfsft's head is the only reader of it. The shortcut applies where the
+structure guarantees it is exact:
+a KerasHub backbone whose `sequence_output` comes straight from a plain `TransformerEncoder` called once and, if
+it has a pooled output, whose pooler reads token 0 (checked on the built backbone, not by name: tested on BERT, and
+refused for ALBERT, whose one encoder layer is shared by the whole stack). Anything else trains exactly as before.
 
 Reads private attributes of `keras_hub.layers.TransformerEncoder` (its sublayers): keras-hub is pinned to a minor
-version in pyproject.toml and `tests/test_keras_internals.py` checks the names.
+version in pyproject.toml and `tests/test_first_token.py` checks the names.
 """
 
 from __future__ import annotations
