@@ -103,7 +103,7 @@ def test_cls_model_saved_and_loaded_computes_the_first_token_only_again(tmp_path
 
     from tfsft.config import validate
     from tfsft.data import Records
-    from tfsft.first_token import FirstTokenTransformerEncoder, apply_to_loaded_model
+    from tfsft.first_token import FirstTokenTransformerEncoder
     from tfsft.modalities import get_modality
     from tfsft.model import build_model
     from tfsft.runs import load_model_file
@@ -127,7 +127,7 @@ def test_cls_model_saved_and_loaded_computes_the_first_token_only_again(tmp_path
 
     model.save(tmp_path / "model.keras")
     loaded = load_model_file(tmp_path / "model.keras")
-    apply_to_loaded_model(config, loaded)
+    modality.adopt_loaded_model(loaded)  # what tfsft.runs.load_run does
     backbones = [layer for layer in loaded.layers if isinstance(layer, keras_hub.models.Backbone)]
     assert type(backbones[0].get_layer("transformer_layer_1")) is FirstTokenTransformerEncoder
     np.testing.assert_allclose(loaded(features[0], training=False), expected, atol=1e-5)

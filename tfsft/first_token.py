@@ -126,11 +126,11 @@ def compute_first_token_only(backbone: Any, pooling: str) -> bool:
     return True
 
 
-def apply_to_loaded_model(config: Any, model: keras.Model) -> None:
-    """The same shortcut on a text model loaded from `model.keras` (KerasHub rebuilds the backbone from its
-    config, with plain encoder layers)."""
+def apply_to_model(model: keras.Model, pooling: str) -> None:
+    """The same shortcut on a whole text model, e.g. one loaded from `model.keras` (KerasHub rebuilds the backbone
+    from its config, with plain encoder layers): on its KerasHub backbone, if it has exactly one."""
     import keras_hub
 
     backbones = [layer for layer in model.layers if isinstance(layer, keras_hub.models.Backbone)]
     if len(backbones) == 1:
-        compute_first_token_only(backbones[0], config.model.head.pooling)
+        compute_first_token_only(backbones[0], pooling)

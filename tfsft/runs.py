@@ -43,10 +43,9 @@ def load_run(run_dir: str | Path):
             f"directory is damaged or from an incompatible version. Retrain, or use another "
             f"run."
         ) from None
-    if config.task.modality == "text":
-        from tfsft.first_token import apply_to_loaded_model
+    from tfsft.modalities import get_modality
 
-        apply_to_loaded_model(config, model)  # as the run trained it: the last layer on the first token only
+    get_modality(config).adopt_loaded_model(model)  # runs as the run trained it (e.g. text's first-token layer)
     return config, classes, model
 
 

@@ -367,7 +367,9 @@ def _save_evaluate_export(
     if is_multi_worker():
         # Under MultiWorkerMirroredStrategy, predict() shards its input over the workers and would hand the
         # chief half of the predictions: evaluate a local copy of the final model instead.
-        evaluated = dataclasses.replace(p, model=load_model_file(run / "model.keras"))
+        local = load_model_file(run / "model.keras")
+        p.modality.adopt_loaded_model(local)
+        evaluated = dataclasses.replace(p, model=local)
     metrics = evaluate_run(evaluated, state.epochs, monitors.overfitting.warnings, train_seconds)
     run.set_status("completed", train_seconds=round(train_seconds, 1))
     if config.export.enabled:

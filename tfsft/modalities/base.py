@@ -84,6 +84,11 @@ class Modality(ABC):
         """Align what `dataset` yields with the inputs of a model loaded from disk (a run's model.keras)."""
 
     @abstractmethod
+    def adopt_loaded_model(self, model: keras.Model) -> None:
+        """Make a model loaded from a run's model.keras compute as `features` built it for training (what the
+        file cannot hold: how layers run, not their weights)."""
+
+    @abstractmethod
     def model_inputs(self) -> Any:
         """Fresh `keras.Input`s (one tensor or a dict of them) matching what `dataset` yields."""
 

@@ -252,6 +252,9 @@ class ImageModality(Modality):
     def use_model_inputs(self, model: keras.Model) -> None:
         pass  # one image input, whatever the model calls it
 
+    def adopt_loaded_model(self, model: keras.Model) -> None:
+        pass  # an image model runs as loaded
+
     def normalization(self) -> str:
         mode = self.config.image.normalization
         if mode != "auto":

@@ -342,12 +342,19 @@ class TextModality(Modality):
             return ("pooled_dense",)
         return ()
 
+    def _pooling(self) -> str:
+        pooling = self.config.model.head.pooling
+        return "mean" if pooling in ("auto", "avg") else pooling
+
+    def adopt_loaded_model(self, model: keras.Model) -> None:
+        from tfsft.first_token import apply_to_model
+
+        apply_to_model(model, self._pooling())  # KerasHub rebuilds the backbone with plain encoder layers
+
     def features(self, backbone: keras.Model, inputs: Any) -> Any:
         from tfsft.first_token import compute_first_token_only
 
-        pooling = self.config.model.head.pooling
-        if pooling in ("auto", "avg"):
-            pooling = "mean"
+        pooling = self._pooling()
         compute_first_token_only(backbone, pooling)  # cls/pooled read token 0 only: the last layer computes that
         outputs = backbone({k: inputs[k] for k in self.input_names})
         if pooling == "pooled":
