@@ -18,6 +18,8 @@ the absolute times.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import tempfile
 import time
@@ -33,9 +35,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of each order (median reported)")
     args = parser.parse_args()
 
-    from tfsft.cli import quiet_tensorflow
+    from tfsft.cli import prepare_tensorflow_import
 
-    quiet_tensorflow()
+    prepare_tensorflow_import()
     import numpy as np
 
     from tfsft import evaluation
@@ -51,7 +53,9 @@ def main() -> None:
     config = load_config([args.config])
     modality = get_modality(config)
     records = modality.read(resolve(args.data, what="--data"), BadRecords())
-    modality.prepare(records, Path(tempfile.mkdtemp(prefix="bench_eval_order_")))
+    tmp = tempfile.mkdtemp(prefix="bench_eval_order_")
+    atexit.register(shutil.rmtree, tmp, True)  # removed when the benchmark ends
+    modality.prepare(records, Path(tmp))
     model = build_model(config, modality, modality.backbone(), 3)
     targets = np.zeros((len(records), 3), np.float32)
     batch = max(config.training.batch_size, 64)  # as evaluation.evaluate_records

@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -127,6 +128,7 @@ def one_run(recipe: str, size: int, seed: int, args, workdir: Path) -> dict:
 
     started = time.time()
     result = train(validate(run_config(recipe, size, seed, args, workdir)), resume="never", verbose=0)
+    shutil.rmtree(result.run_dir, ignore_errors=True)  # ~0.5 GB of checkpoints and export; the row has the figures
     test = result.metrics["test"]
     calibration = result.metrics["calibration"]
     anchor = [e.get("loss_anchor") for e in result.history]
@@ -163,9 +165,9 @@ def isolated_run(recipe: str, size: int, seed: int, args, workdir: Path) -> dict
 
 def worker(spec: str) -> int:
     task = json.loads(spec)
-    from tfsft.cli import quiet_tensorflow
+    from tfsft.cli import prepare_tensorflow_import
 
-    quiet_tensorflow()
+    prepare_tensorflow_import()
     row = one_run(task["recipe"], task["size"], task["seed"], argparse.Namespace(**task["args"]), Path(task["workdir"]))
     print(json.dumps(row), flush=True)
     return 0
@@ -235,14 +237,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
-    from tfsft.cli import quiet_tensorflow
+    from tfsft.cli import prepare_tensorflow_import
 
-    quiet_tensorflow()
+    prepare_tensorflow_import()
     sizes = [int(s) for s in args.sizes.split(",")]
     recipes = args.recipes.split(",")
     seeds = [42 + i for i in range(args.seeds)]
     print(f"CPU: {cpu_description()}", flush=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench_quality_"))
+    with tempfile.TemporaryDirectory(prefix="bench_quality_") as workdir:  # removed at the end, stopped or not
+        return run_plan(args, sizes, recipes, seeds, Path(workdir))
+
+
+def run_plan(args, sizes: list[int], recipes: list[str], seeds: list[int], workdir: Path) -> int:
     args.eval_files = {}
     if args.eval_limit:  # smoke runs: the first N validation and test tweets only
         import csv

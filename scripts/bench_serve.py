@@ -317,7 +317,11 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    workdir = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as workdir:  # the demo run and export, removed at the end
+        run_benchmark(args, Path(workdir))
+
+
+def run_benchmark(args, workdir: Path) -> None:
     model_dir = args.model.resolve() if args.model else build_demo_export(workdir)
     version = latest_version(model_dir)
     texts = load_texts()

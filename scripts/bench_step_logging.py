@@ -11,8 +11,10 @@ Rounds alternate the variants so that a machine shared with other work biases no
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -66,6 +68,7 @@ def main() -> None:
     from tfsft.trainer import prepare
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_step_logging_"))
+    atexit.register(shutil.rmtree, tmp, True)  # the run folder goes when the benchmark ends
     if args.config:
         config = load_config([args.config], [f"output_dir={tmp / 'runs'}"])
     else:

@@ -165,9 +165,9 @@ def minilm_folder() -> str:
 def worker_tfsft_text(args, data: dict) -> dict:
     if args.worker.endswith("_eigen"):
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"  # before tfsft and TensorFlow are imported
-    from tfsft.cli import quiet_tensorflow
+    from tfsft.cli import prepare_tensorflow_import
 
-    quiet_tensorflow()
+    prepare_tensorflow_import()
     from tfsft.config import validate
     from tfsft.trainer import fit_and_evaluate, prepare
 
@@ -384,9 +384,9 @@ def resnet_config(args, folder: Path) -> dict:
 
 
 def worker_tfsft_resnet(args, data: dict) -> dict:
-    from tfsft.cli import quiet_tensorflow
+    from tfsft.cli import prepare_tensorflow_import
 
-    quiet_tensorflow()
+    prepare_tensorflow_import()
     from tfsft.trainer import fit_and_evaluate, prepare
 
     timer = StepTimer()
@@ -399,9 +399,9 @@ def worker_tfsft_resnet(args, data: dict) -> dict:
 def worker_handwritten_resnet(args, data: dict) -> dict:
     """The same model (tfsft's backbone + head) and tf.data pipeline, trained with a plain compile + fit and a
     stock Keras optimizer: no tfsft callbacks, freezing plan, LR multipliers, checkpoints or evaluation."""
-    from tfsft.cli import quiet_tensorflow
+    from tfsft.cli import prepare_tensorflow_import
 
-    quiet_tensorflow()
+    prepare_tensorflow_import()
     import keras
 
     from tfsft.data import load_splits
@@ -645,7 +645,11 @@ def main() -> int:
         help="avx2: cap oneDNN, PyTorch and MKL to AVX2, to stand in for an AVX2-only CPU.",
     )
     parser.add_argument("--hf-python", help="Python interpreter with torch + transformers (default: this one).")
-    parser.add_argument("--workdir", default=None)
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="Keep runs, exports and data here (created if missing). Default: a temporary folder, removed at the end.",
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--model-folder", help=argparse.SUPPRESS)
@@ -656,8 +660,16 @@ def main() -> int:
         result["peak_rss_mb"] = peak_rss_mb()
         Path(args.out).write_text(json.dumps(result))
         return 0
-    args.workdir = args.workdir or tempfile.mkdtemp(prefix="tfsft-bench-train-")
-    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        return run_benchmarks(args)
+    # Each worker leaves ~0.4 GB of checkpoints and exports: a temporary folder goes when the benchmark ends.
+    with tempfile.TemporaryDirectory(prefix="tfsft-bench-train-") as workdir:
+        args.workdir = workdir
+        return run_benchmarks(args)
+
+
+def run_benchmarks(args) -> int:
     args.workdir = str(Path(args.workdir).resolve())
     if not args.model_folder:
         args.model_folder = minilm_folder()

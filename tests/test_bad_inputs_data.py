@@ -194,14 +194,14 @@ def test_cli_start_is_quiet_and_the_error_is_one_paragraph(tmp_path, text_data):
 
 
 def test_tf_log_level_the_user_set_is_kept_and_verbose_shows_everything(monkeypatch):
-    from tfsft.cli import quiet_tensorflow
+    from tfsft.cli import prepare_tensorflow_import
 
     monkeypatch.delenv("TFSFT_SET_TF_LOG_LEVEL", raising=False)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
-    quiet_tensorflow()
+    prepare_tensorflow_import()
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
-    quiet_tensorflow(verbose=True)
+    prepare_tensorflow_import(verbose=True)
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
 
 

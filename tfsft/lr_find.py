@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfsft.cli import QUICKSTART, quiet_tensorflow, run_main, setup_logging
+from tfsft.cli import QUICKSTART, prepare_tensorflow_import, run_main, setup_logging
 from tfsft.errors import ConfigError, DataError
 
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
@@ -205,7 +205,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    quiet_tensorflow()
+    prepare_tensorflow_import()
     setup_logging(args.verbose)
 
     def run():

@@ -212,9 +212,9 @@ def _train_child(config: RunConfig, verbose: int, connection) -> None:
     import resource
 
     try:
-        from tfsft.cli import quiet_tensorflow
+        from tfsft.cli import prepare_tensorflow_import
 
-        quiet_tensorflow()
+        prepare_tensorflow_import()
         from tfsft.trainer import train
 
         result = train(config, resume="auto", verbose=verbose)

@@ -1,4 +1,4 @@
-"""Shared plumbing of the entry points in `tfsft.cli`: logging, quiet TF start-up, user errors, and argparse
+"""Shared plumbing of the entry points in `tfsft.cli`: logging, config loading, user errors, and argparse
 types that refuse bad values before any work.
 
 A refused argument is one paragraph on stderr naming the option, the value received and what is
@@ -8,17 +8,14 @@ allowed, with exit code 2 (argparse's code for usage errors), never a traceback 
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.util
 import logging
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from tfsft.cli.startup import prepare_tensorflow_import
 from tfsft.errors import TfsftError
 from tfsft.versions import model_name_problem, version_problem
 
@@ -27,73 +24,6 @@ if TYPE_CHECKING:
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 QUICKSTART = REPO_CONFIGS / "quickstart.yaml"
-
-
-def quiet_tensorflow(verbose: bool = False) -> None:
-    """Keep TF's C++ start-up chatter out of the user's terminal unless asked for.
-
-    On a CPU-only machine TensorFlow prints an absl banner, "Could not find cuda drivers" and a `cuInit` CUDA
-    *error* before any output, which reads like a failure. Level 3 hides C++ log lines below FATAL; the lines
-    printed while TF loads its libraries (before absl logging is set up) ignore that level and are caught by
-    `_QuietTensorFlowImport`. A level the user set themselves, or `--verbose`, shows everything as it comes.
-    """
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    # The level tfsft sets is inherited by the processes it starts (export check, tune trials); only a level set
-    # by the user (without our mark) is left alone.
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ and os.environ.get("TFSFT_SET_TF_LOG_LEVEL") != "1":
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
-    os.environ["TFSFT_SET_TF_LOG_LEVEL"] = "1"
-    if not verbose and "tensorflow" not in sys.modules:
-        sys.meta_path.insert(0, _QuietTensorFlowImport())
-
-
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Runs the first `import tensorflow` with stderr (file descriptor 2) captured: the C++ lines TF prints
-    while loading its libraries come before absl logging is set up and ignore TF_CPP_MIN_LOG_LEVEL. They are
-    shown after all if the import fails."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)  # once, and let the normal finders locate the package
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        self.inner = spec.loader
-        spec.loader = self
-        return spec
-
-    def create_module(self, spec):
-        return self.inner.create_module(spec)
-
-    def exec_module(self, module):
-        module.__loader__ = self.inner
-        module.__spec__.loader = self.inner
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile() as captured:
-            os.dup2(captured.fileno(), 2)
-            try:
-                self.inner.exec_module(module)
-            except BaseException:
-                os.dup2(saved, 2)
-                captured.seek(0)
-                sys.stderr.write(captured.read().decode("utf-8", errors="replace"))
-                raise
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-        _drop_duplicate_tf_handler()
-
-
-def _drop_duplicate_tf_handler() -> None:
-    """TF adds its own handler to the 'tensorflow' logger when the root logger had none at import time; with
-    ours on the root too, every TF message would be printed twice."""
-    tf_logger = logging.getLogger("tensorflow")
-    if logging.getLogger().handlers and tf_logger.handlers and tf_logger.propagate:
-        for handler in list(tf_logger.handlers):
-            tf_logger.removeHandler(handler)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -123,7 +53,7 @@ def add_config_arguments(parser, config_help: str, set_example: str, required: b
 def run_with_config(config_files: list, overrides: list, verbose: bool, command: Callable[[RunConfig], None]) -> int:
     """The start every config-driven entry point shares: quiet TF start-up, logging, then load the merged config
     (its errors come before any TF work) and run `command(config)`; user errors end as one paragraph."""
-    quiet_tensorflow(verbose)
+    prepare_tensorflow_import(verbose)
     setup_logging(verbose)
 
     def run():

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tfsft.cli.common import quiet_tensorflow, run_main, setup_logging
+from tfsft.cli.common import run_main, setup_logging
+from tfsft.cli.startup import prepare_tensorflow_import
 from tfsft.errors import ConfigError, DataError
 
 
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
         "--verbose", action="store_true", help="Debug logging, and TensorFlow's own start-up lines (hidden by default)."
     )
     args = parser.parse_args(argv)
-    quiet_tensorflow(args.verbose)
+    prepare_tensorflow_import(args.verbose)
     setup_logging(args.verbose)
 
     def run():

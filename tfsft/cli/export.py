@@ -17,7 +17,7 @@ from tfsft.export_checks import run_state
 def main(argv=None) -> int:
     import argparse
 
-    from tfsft.cli import quiet_tensorflow, run_main, setup_logging
+    from tfsft.cli import prepare_tensorflow_import, run_main, setup_logging
     from tfsft.cli.common import ParagraphParser, model_name, non_empty, version_number
 
     parser = ParagraphParser(
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.format == "onnx" and args.no_verify:
         parser.error("--no-verify is for --format savedmodel; the ONNX export is always verified.")
-    quiet_tensorflow()
+    prepare_tensorflow_import()
     setup_logging()
 
     def run():

@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from tfsft.cli.common import positive_int, quiet_tensorflow, run_main
+from tfsft.cli.common import positive_int, run_main
+from tfsft.cli.startup import prepare_tensorflow_import
 from tfsft.errors import TfsftError
 from tfsft.modalities.predict_inputs import gather_inputs, holds_inputs
 from tfsft.predict import load_signature, predict, resolve_version
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, help="Write here instead of stdout.")
     parser.add_argument("--verbose", action="store_true", help="Show TensorFlow's own start-up lines.")
     args = parser.parse_args(argv)
-    quiet_tensorflow(args.verbose)
+    prepare_tensorflow_import(args.verbose)
 
     def run():
         check_arguments(args)

@@ -28,10 +28,10 @@ from tfsft.cli.common import (
     non_empty,
     port,
     positive,
-    quiet_tensorflow,
     run_main,
     setup_logging,
 )
+from tfsft.cli.startup import prepare_tensorflow_import
 from tfsft.errors import TfsftError
 from tfsft.serving.app import API_KEY, DEFAULT_MAX_BODY_BYTES, make_app
 from tfsft.serving.errors import ServeConfigError
@@ -210,7 +210,7 @@ def _exit_now_if_busy(busy: int, grace: float) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # every argument checked before anything is loaded
-    quiet_tensorflow()  # before TensorFlow is first imported (lazily, by the registry)
+    prepare_tensorflow_import()  # before TensorFlow is first imported (lazily, by the registry)
     setup_logging()
     return run_main(lambda: serve(args))
 

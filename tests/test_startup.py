@@ -1,0 +1,44 @@
+"""Process start-up (tfsft.cli.startup): `import keras` without the optional packages Keras would import eagerly,
+which then still import normally for the code that uses them."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+PROBE = """
+import json, sys
+from tfsft.cli import prepare_tensorflow_import
+prepare_tensorflow_import()
+import keras
+after_keras = {name: name in sys.modules for name in ("sklearn", "matplotlib.pyplot", "tensorflow")}
+from sklearn.metrics import f1_score
+import matplotlib.pyplot as plt
+plt.figure()
+print(json.dumps({"after_keras": after_keras, "f1": f1_score([0, 1, 1], [0, 1, 0], average="macro"),
+                  "hook_left": [type(f).__name__ for f in sys.meta_path if type(f).__module__ == "tfsft.cli.startup"]}))
+"""
+
+
+def test_keras_import_skips_sklearn_and_pyplot_which_still_import_afterwards():
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["after_keras"] == {"sklearn": False, "matplotlib.pyplot": False, "tensorflow": True}
+    assert abs(out["f1"] - 2 / 3) < 1e-9  # each class: F1 2/3
+    assert out["hook_left"] == []  # both start-up hooks remove themselves after their one import
+
+
+def test_packages_imported_before_keras_are_left_alone():
+    probe = (
+        "import sys, sklearn\n"
+        "from tfsft.cli import prepare_tensorflow_import\n"
+        "prepare_tensorflow_import()\n"
+        "import keras\n"
+        "from keras.src.wrappers import fixes\n"
+        "print(fixes.sklearn is sys.modules['sklearn'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "True"
