@@ -7,10 +7,10 @@ import pytest
 from conftest import TINY_BERT
 
 
-def tiny_bert(num_layers=3):
+def tiny_bert(num_layers=3, dropout=0.0):
     import keras_hub
 
-    kwargs = {**TINY_BERT["kwargs"], "num_layers": num_layers}
+    kwargs = {**TINY_BERT["kwargs"], "num_layers": num_layers, "dropout": dropout}
     return keras_hub.models.BertBackbone(vocabulary_size=100, **kwargs)
 
 
@@ -24,12 +24,12 @@ def padded_batch():
     return {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": mask}
 
 
-def outputs_and_gradients(backbone, batch):
+def outputs_and_gradients(backbone, batch, training=False):
     import tensorflow as tf
 
     head = tf.constant(np.random.default_rng(1).normal(size=(32,)), tf.float32)
     with tf.GradientTape() as tape:
-        out = backbone(batch, training=False)
+        out = backbone(batch, training=training)
         loss = tf.reduce_sum(out["sequence_output"][:, 0] * head) + tf.reduce_sum(out["pooled_output"] * head)
     grads = tape.gradient(loss, backbone.trainable_variables)
     return out, {v.path: tf.convert_to_tensor(g) for v, g in zip(backbone.trainable_variables, grads) if g is not None}
@@ -57,6 +57,33 @@ def test_first_token_only_answers_and_learns_like_the_full_last_layer():
     assert len(last_layer_grads) >= 10  # attention, feed-forward and both layer norms are in the comparison
     for path, grad in full_grads.items():
         np.testing.assert_allclose(short_grads[path], grad, rtol=1e-5, atol=1e-5, err_msg=path)
+
+
+def test_with_dropout_training_draws_the_full_layers_masks():
+    """In training, the last layer's three dropouts (attention probabilities, attention output, feed-forward output)
+    apply at position 0 the masks the full layer draws there: the same outputs and gradients as the full layer
+    from the same random state, so a run takes the same random path with or without the shortcut."""
+    from tfsft.first_token import compute_first_token_only
+
+    backbone, batch = tiny_bert(dropout=0.3), padded_batch()
+    random_state = [v for v in backbone.non_trainable_variables if "seed_generator" in v.path]
+    assert len(random_state) >= 3 * 3  # every encoder layer's three dropouts each have their own generator
+    start = [v.numpy() for v in random_state]
+    full, full_grads = outputs_and_gradients(backbone, batch, training=True)
+    redrawn, _ = outputs_and_gradients(backbone, batch, training=True)  # the generators moved on: other masks
+    assert np.abs(np.asarray(redrawn["pooled_output"]) - np.asarray(full["pooled_output"])).max() > 1e-3
+
+    assert compute_first_token_only(backbone, "cls")
+    for variable, value in zip(random_state, start):
+        variable.assign(value)
+    short, short_grads = outputs_and_gradients(backbone, batch, training=True)
+    np.testing.assert_allclose(short["sequence_output"][:, 0], full["sequence_output"][:, 0], atol=1e-5)
+    np.testing.assert_allclose(short["pooled_output"], full["pooled_output"], atol=1e-5)
+    assert set(short_grads) == set(full_grads)
+    for path, grad in full_grads.items():
+        np.testing.assert_allclose(short_grads[path], grad, rtol=1e-5, atol=1e-5, err_msg=path)
+    attention = backbone.get_layer("transformer_layer_2")._self_attention_layer
+    assert type(attention._dropout_layer).__name__ == "Dropout"  # the swap during the call was undone
 
 
 @pytest.mark.parametrize("pooling", ["mean", "max", "auto"])
@@ -145,3 +172,5 @@ def test_the_encoder_internals_it_reads_exist():
 
     for name in ENCODER_SUBLAYERS:
         assert isinstance(getattr(layer, name, None), keras.layers.Layer), f"TransformerEncoder.{name} is gone"
+    # The attention sublayer applies its dropout through this attribute (swapped for the first-token call).
+    assert isinstance(getattr(layer._self_attention_layer, "_dropout_layer", None), keras.layers.Dropout)

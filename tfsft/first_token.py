@@ -5,7 +5,9 @@ nothing downstream reads positions 1..L of the last encoder layer's output. Thei
 block and layer norms are most of that layer's work (for a 6-layer MiniLM, ~14 % of the encoder's FLOPs); the first
 position still attends to the keys and values of every token, so its vector is the one the full layer computes (up
 to float rounding). Training, evaluation, the exported SavedModel and ONNX all run the shorter layer: its gradients
-for the weights are the same as the full layer's, since the other positions never reached the loss.
+for the weights are the same as the full layer's, since the other positions never reached the loss. In training,
+the layer's dropout masks at position 0 are the ones the full layer draws there (`dropout_as_full_layer`), so a run
+takes the same random path, and ends with the same model up to float rounding, with or without the shortcut.
 
 What changes is only how that one layer instance runs: its class becomes `FirstTokenTransformerEncoder`, a
 subclass of KerasHub's `TransformerEncoder` with the same weights, config, layer name and class name, so
@@ -26,6 +28,7 @@ import logging
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras_hub.layers import TransformerEncoder
 from keras_hub.src.layers.modeling.transformer_layer_utils import merge_padding_and_attention_mask
 
@@ -61,9 +64,10 @@ class FirstTokenTransformerEncoder(TransformerEncoder):
         if mask is not None:
             mask = mask[:, :1, :]
         residual = inputs[:, :1, :]
+        length = tf.shape(inputs)[1]
         x = self._self_attention_layer_norm(inputs) if self.normalize_first else inputs
-        x = self._self_attention_layer(query=x[:, :1, :], value=x, attention_mask=mask, training=training)
-        x = self._self_attention_dropout(x, training=training)
+        x = self._attention_for_first_token(x, mask, length, training)
+        x = dropout_as_full_layer(self._self_attention_dropout, x, length, axis=1, training=training)
         x = x + residual
         if not self.normalize_first:
             x = self._self_attention_layer_norm(x)
@@ -72,11 +76,41 @@ class FirstTokenTransformerEncoder(TransformerEncoder):
             x = self._feedforward_layer_norm(x)
         x = self._feedforward_intermediate_dense(x)
         x = self._feedforward_output_dense(x)
-        x = self._feedforward_dropout(x, training=training)
+        x = dropout_as_full_layer(self._feedforward_dropout, x, length, axis=1, training=training)
         x = x + residual
         if not self.normalize_first:
             x = self._feedforward_layer_norm(x)
         return x
+
+    def _attention_for_first_token(self, x, mask, length, training):
+        """The attention sublayer for query position 0, its dropout on the attention probabilities drawn as the
+        full layer draws it (the sublayer calls its `_dropout_layer` itself: swapped for the call, then restored;
+        `object.__setattr__` keeps the swap out of Keras's and TensorFlow's attribute tracking)."""
+        attention = self._self_attention_layer
+        dropout = attention._dropout_layer
+
+        def first_query_dropout(scores, training=None):  # scores: [batch, heads, 1 query, keys]
+            return dropout_as_full_layer(dropout, scores, length, axis=2, training=training)
+
+        object.__setattr__(attention, "_dropout_layer", first_query_dropout)
+        try:
+            return attention(query=x[:, :1, :], value=x, attention_mask=mask, training=training)
+        finally:
+            object.__setattr__(attention, "_dropout_layer", dropout)
+
+
+def dropout_as_full_layer(dropout: keras.layers.Dropout, x, length, axis: int, training):
+    """`dropout` on `x`, which holds position 0 of `length` positions along `axis`, with the mask the full layer
+    applies at position 0. A mask drawn for the shorter shape would hold other random numbers (the generator fills
+    the tensor in order), so training would take another random path than without the shortcut; drawn for the
+    full shape from the same generator step, it is the full layer's mask. Costs one elementwise pass over the full
+    shape, no matmul."""
+    if not training or dropout.rate == 0:
+        return dropout(x, training=training)
+    padding = [[0, 0]] * len(x.shape)
+    padding[axis] = [0, length - 1]
+    full = dropout(tf.pad(x, padding), training=training)
+    return full[(slice(None),) * axis + (slice(0, 1),)]
 
 
 # Keras's weight files (`model.keras`, `*.weights.h5`) file each layer of a list under its class's name: with
