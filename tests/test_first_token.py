@@ -86,6 +86,22 @@ def test_with_dropout_training_draws_the_full_layers_masks():
     assert type(attention._dropout_layer).__name__ == "Dropout"  # the swap during the call was undone
 
 
+def test_calls_from_several_threads_leave_the_attention_dropout_in_place():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import keras
+
+    from tfsft.first_token import compute_first_token_only
+
+    backbone, batch = tiny_bert(num_layers=1, dropout=0.1), padded_batch()
+    assert compute_first_token_only(backbone, "cls")
+    with ThreadPoolExecutor(4) as pool:
+        shapes = list(pool.map(lambda _: backbone(batch, training=True)["sequence_output"].shape, range(16)))
+    assert shapes == [(4, 1, 32)] * 16
+    attention = backbone.get_layer("transformer_layer_0")._self_attention_layer
+    assert type(attention._dropout_layer) is keras.layers.Dropout
+
+
 @pytest.mark.parametrize("pooling", ["mean", "max", "auto"])
 def test_heads_that_read_every_token_keep_the_full_layer(pooling):
     from keras_hub.layers import TransformerEncoder

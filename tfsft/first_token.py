@@ -25,6 +25,7 @@ version in pyproject.toml and `tests/test_first_token.py` checks the names.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import keras
@@ -37,6 +38,10 @@ from tfsft.keras_internals import producing_layer, times_called_in_graphs
 log = logging.getLogger(__name__)
 
 FIRST_TOKEN_POOLINGS = ("cls", "pooled")
+
+# The attention sublayer's dropout is swapped for the duration of one call (FirstTokenTransformerEncoder): calls from
+# several threads (eager use of one model) take turns, so that none of them captures another's swap as the original.
+_ATTENTION_DROPOUT_SWAP = threading.RLock()
 
 # The sublayers `FirstTokenTransformerEncoder.call` runs, as TransformerEncoder names them (keras-hub 0.32).
 ENCODER_SUBLAYERS = (
@@ -87,16 +92,17 @@ class FirstTokenTransformerEncoder(TransformerEncoder):
         full layer draws it (the sublayer calls its `_dropout_layer` itself: swapped for the call, then restored;
         `object.__setattr__` keeps the swap out of Keras's and TensorFlow's attribute tracking)."""
         attention = self._self_attention_layer
-        dropout = attention._dropout_layer
+        with _ATTENTION_DROPOUT_SWAP:
+            dropout = attention._dropout_layer
 
-        def first_query_dropout(scores, training=None):  # scores: [batch, heads, 1 query, keys]
-            return dropout_as_full_layer(dropout, scores, length, axis=2, training=training)
+            def first_query_dropout(scores, training=None):  # scores: [batch, heads, 1 query, keys]
+                return dropout_as_full_layer(dropout, scores, length, axis=2, training=training)
 
-        object.__setattr__(attention, "_dropout_layer", first_query_dropout)
-        try:
-            return attention(query=x[:, :1, :], value=x, attention_mask=mask, training=training)
-        finally:
-            object.__setattr__(attention, "_dropout_layer", dropout)
+            object.__setattr__(attention, "_dropout_layer", first_query_dropout)
+            try:
+                return attention(query=x[:, :1, :], value=x, attention_mask=mask, training=training)
+            finally:
+                object.__setattr__(attention, "_dropout_layer", dropout)
 
 
 def dropout_as_full_layer(dropout: keras.layers.Dropout, x, length, axis: int, training):

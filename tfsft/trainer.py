@@ -286,12 +286,6 @@ def _datasets(p: Prepared) -> tuple:
             p.modality, p.splits.validation, p.targets["validation"], p.batch_size, p.config.training.validation_steps
         )  # aggregated metrics only: any order
     class_weight = class_weight_map(p.config, p.targets["train"], p.splits.classes.names)
-    # tf.data's threads start at the iterator's first element by default, i.e. inside the first training step,
-    # after TensorFlow has traced and optimised it. Started when Keras creates the iterator (before that trace),
-    # they tokenize, shuffle and batch while the trace runs.
-    options = tf.data.Options()
-    options.experimental_warm_start = True
-    train_ds = train_ds.with_options(options)
     replicas = p.strategy.num_replicas_in_sync
     if replicas > 1:
         train_ds = drop_batches_smaller_than(train_ds, replicas)
