@@ -32,16 +32,22 @@ def prepare_tensorflow_import(verbose: bool = False) -> None:
     `_QuietTensorFlowImport`. A level the user set themselves, or `--verbose`, shows everything as it comes.
     """
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if "keras" not in sys.modules and not any(isinstance(f, _KerasWithoutOptionalImports) for f in sys.meta_path):
-        sys.meta_path.insert(0, _KerasWithoutOptionalImports())
+    _install_once(_KerasWithoutOptionalImports)
     # The level tfsft sets is inherited by the processes it starts (export check, tune trials); only a level set
     # by the user (without our mark) is left alone.
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ and os.environ.get("TFSFT_SET_TF_LOG_LEVEL") != "1":
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
     os.environ["TFSFT_SET_TF_LOG_LEVEL"] = "1"
-    if not verbose and "tensorflow" not in sys.modules:
-        sys.meta_path.insert(0, _QuietTensorFlowImport())
+    if not verbose:
+        _install_once(_QuietTensorFlowImport)
+
+
+def _install_once(hook: type[_AroundFirstImport]) -> None:
+    """Put `hook` first on the import path unless its package is imported already or it is there (the entry points
+    and the library functions they call may both prepare the import)."""
+    if hook.name not in sys.modules and not any(isinstance(finder, hook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, hook())
 
 
 class _AroundFirstImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
