@@ -110,3 +110,10 @@ def test_functional_graph_accessors_find_the_producing_layer_and_its_calls():
     assert keras_internals.producing_layer(hidden) is shared
     assert keras_internals.times_called_in_graphs(shared) == 2
     assert keras_internals.producing_layer(None) is None
+
+
+@pytest.mark.parametrize("name", keras_internals.PRIVATE_VARIABLE_METHODS)
+def test_tensorflow_variable_method_exists(name):
+    from keras.src.backend.tensorflow.core import Variable
+
+    assert callable(getattr(Variable, name, None)), f"Variable.{name} is gone from Keras {keras.__version__}"

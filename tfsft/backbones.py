@@ -187,7 +187,7 @@ def load_backbone(
         kwargs = {"image_shape": image_shape} if image_shape else {}
         import keras_hub
 
-        backbone = from_preset_or_explain(keras_hub.models.Backbone.from_preset, spec, "backbone", **kwargs)
+        backbone = _preset_backbone(spec, kwargs)
     else:
         backbone = _from_architecture(spec, image_shape, vocabulary_size)
     if spec.weights and spec.weights not in ("none", "imagenet"):
@@ -201,6 +201,28 @@ def load_backbone(
             ) from None
         log.info("Loaded backbone weights from %s", path)
     return backbone
+
+
+def _preset_backbone(spec: BackboneConfig, kwargs: dict) -> keras.Model:
+    """A preset's backbone with the preset's weights, without drawing random initial values first (see
+    `keras_internals.initial_values_left_to_checkpoint`). Should the checkpoint leave a weight unset, the backbone
+    is built again with its initializers, as KerasHub alone would have."""
+    import keras_hub
+
+    from tfsft import keras_internals
+
+    with keras_internals.initial_values_left_to_checkpoint() as created:
+        backbone = from_preset_or_explain(keras_hub.models.Backbone.from_preset, spec, "backbone", **kwargs)
+    unset = keras_internals.still_unset(created)
+    if not unset:
+        return backbone
+    log.info(
+        "Preset '%s' left %d weight(s) unset (%s): building it again with its initializers.",
+        spec.preset,
+        len(unset),
+        ", ".join(unset[:5]),
+    )
+    return from_preset_or_explain(keras_hub.models.Backbone.from_preset, spec, "backbone", **kwargs)
 
 
 def _from_architecture(spec: BackboneConfig, image_shape, vocabulary_size) -> keras.Model:
