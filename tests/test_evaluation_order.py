@@ -91,6 +91,30 @@ def test_blocks_keep_the_records_of_each_run_of_batches(text_model):
         assert np.all(np.diff(lengths[run]) >= 0)
 
 
+@pytest.mark.parametrize("block", [None, 16])
+@pytest.mark.parametrize("in_pipeline", [True, False])
+def test_validation_batches_are_the_evaluation_batches_sorted_inside_the_pipeline(
+    text_model, monkeypatch, block, in_pipeline
+):
+    from tfsft.modalities import text
+
+    _, modality, records, targets = text_model
+    if not in_pipeline:
+        monkeypatch.setattr(text, "IN_PIPELINE_SORT_LIMIT", 10)  # fewer than the 50 records: Python order
+    expected, _ = evaluation.evaluation_dataset(modality, records, targets, batch_size=8, steps=block and block // 8)
+    got = evaluation.validation_batches(modality, records, targets, batch_size=8, steps=block and block // 8)
+    expected_batches, got_batches = list(expected), list(got)
+    assert len(got_batches) == len(expected_batches) == 7
+    for (x, y), (x_expected, y_expected) in zip(got_batches, expected_batches):
+        assert x.keys() == x_expected.keys()
+        for name in x:
+            np.testing.assert_array_equal(x[name], x_expected[name])
+        np.testing.assert_array_equal(y, y_expected)
+    # Sorted, not file order: the first batch holds the shortest texts (of the first block).
+    first_batch_lengths = np.asarray(got_batches[0][0]["padding_mask"]).sum(axis=1)
+    assert first_batch_lengths.max() < token_lengths(modality, records).max()
+
+
 def test_images_are_evaluated_in_file_order(tmp_path, digit_data):
     from conftest import image_config
     from tfsft.data import BadRecords

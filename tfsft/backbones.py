@@ -184,10 +184,7 @@ def load_backbone(
     if spec.source == "keras_applications":
         return _keras_application(spec, image_shape)
     if spec.preset:
-        kwargs = {"image_shape": image_shape} if image_shape else {}
-        import keras_hub
-
-        backbone = _preset_backbone(spec, kwargs)
+        backbone = _preset_backbone(spec, {"image_shape": image_shape} if image_shape else {})
     else:
         backbone = _from_architecture(spec, image_shape, vocabulary_size)
     if spec.weights and spec.weights not in ("none", "imagenet"):

@@ -50,6 +50,16 @@ def evaluation_dataset(
     return modality.dataset(records, targets, training=False, batch_size=batch_size), order
 
 
+def validation_batches(
+    modality: Modality, records: Records, targets: np.ndarray, batch_size: int, steps: int | None = None
+) -> tf.data.Dataset:
+    """The batches of `evaluation_dataset` without their order, for passes that keep aggregated metrics only
+    (validation during fit): the modality may sort them inside the pipeline."""
+    if not _SORTED:
+        return modality.dataset(records, targets, training=False, batch_size=batch_size)
+    return modality.evaluation_batches(records, targets, batch_size, steps * batch_size if steps else None)
+
+
 def in_record_order(outputs: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Outputs computed in `order` (see `evaluation_dataset`), back in the records' own order."""
     return outputs[np.argsort(order)]

@@ -12,6 +12,7 @@ The stage is a pure function of the epoch, so a resumed run recomputes it from t
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -156,8 +157,8 @@ class FreezePlan:
         return flatten_layers(self.backbone)
 
     def summary(self, model: keras.Model) -> str:
-        def count(weights):
-            return int(sum(w.numpy().size for w in weights))
+        def count(weights):  # from the shapes: reading each weight's values took 0.15 s for MiniLM-L6
+            return int(sum(math.prod(w.shape) for w in weights))
 
         backbone_ids = {id(w) for w in self.backbone.weights}
         head_trainable = count([w for w in model.trainable_weights if id(w) not in backbone_ids])

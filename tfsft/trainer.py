@@ -31,7 +31,7 @@ from tfsft.distribute import (
     with_class_weights,
 )
 from tfsft.errors import ConfigError, TfsftError, TrainingAborted
-from tfsft.evaluation import evaluate_run, evaluation_dataset
+from tfsft.evaluation import evaluate_run, validation_batches
 from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.learning_rate import build_schedule
 from tfsft.modalities import get_modality
@@ -282,7 +282,7 @@ def _datasets(p: Prepared) -> tuple:
     train_ds = p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=p.batch_size)
     validation = None
     if p.splits.validation is not None:
-        validation, _ = evaluation_dataset(
+        validation = validation_batches(
             p.modality, p.splits.validation, p.targets["validation"], p.batch_size, p.config.training.validation_steps
         )  # aggregated metrics only: any order
     class_weight = class_weight_map(p.config, p.targets["train"], p.splits.classes.names)

@@ -74,6 +74,16 @@ class Modality(ABC):
         of `block` records (a capped validation reads the same records as in file order).
         """
 
+    def evaluation_batches(
+        self, records: Records, targets: np.ndarray, batch_size: int, block: int | None = None
+    ) -> tf.data.Dataset:
+        """`dataset(training=False)` batches in `evaluation_order`, for passes that keep aggregated metrics only
+        (validation): the order is not returned, so a modality may work it out inside the pipeline."""
+        order = self.evaluation_order(records, block)
+        if not np.array_equal(order, np.arange(len(records))):
+            records, targets = records.subset(order), targets[order]
+        return self.dataset(records, targets, training=False, batch_size=batch_size)
+
     # ------------------------------------------------------------------------------------- model
     @abstractmethod
     def backbone(self) -> keras.Model:
