@@ -22,8 +22,7 @@ from tfsft.paths import resolve
 log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Validation splits up to this size are length-sorted inside their pipeline (`evaluation_batches`).
-IN_PIPELINE_SORT_LIMIT = 100_000
+IN_PIPELINE_SORT_LIMIT = 100_000  # validation splits up to this size are sorted in their pipeline
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SERVING_CHUNK = 16  # texts per model call inside a serving request (see TextModality.serving_outputs)
 
@@ -196,45 +195,38 @@ class TextModality(Modality):
     def evaluation_batches(
         self, records: Records, targets: np.ndarray, batch_size: int, block: int | None = None
     ) -> tf.data.Dataset:
-        """Batches in `evaluation_order`, sorted inside the pipeline from the tokenization it does anyway.
-
-        `evaluation_order` tokenizes the split once more, in Python, before the dataset exists: for validation
-        that pass sat between the start and the first training step (0.65 s for 200 tweets, most of it setting
-        up the tokenizer's graph in another pipeline; AMD EPYC, AVX2). Here the whole split is tokenized as one
-        element, sorted by (run of `block` records, token length, position) like `evaluation_order`, and split
-        into the same batches, the first time the validation runs. Splits over `IN_PIPELINE_SORT_LIMIT` records
-        keep the Python order (the sort holds every tokenized record at once).
-        """
-        count = len(records)
+        """Batches in `evaluation_order`, sorted inside the pipeline from the tokenization it does anyway (the
+        Python order tokenizes the split once more, before the first step: 0.65 s for 200 tweets, AMD EPYC, AVX2).
+        The tokenized split is sorted as one element; over `IN_PIPELINE_SORT_LIMIT` records, the Python order."""
+        count, no_autograph = len(records), tf.autograph.experimental.do_not_convert
         if count > IN_PIPELINE_SORT_LIMIT or count == 0:
             return super().evaluation_batches(records, targets, batch_size, block)
-        no_autograph = tf.autograph.experimental.do_not_convert
-        columns = {name: np.asarray(records.inputs[name], dtype=object) for name in records.inputs}
         pad, run_length = self.tokenizer.pad_token_id, block or count
 
-        def by_length(features, labels):
+        def by_length(features, labels):  # by (run of `block` records, token length, position)
             lengths = tf.reduce_sum(tf.cast(features["token_ids"] != pad, tf.int32), axis=1)
             runs = tf.range(count, dtype=tf.int32) // run_length
             order = tf.argsort(runs * (self.config.text.max_length + 1) + lengths, stable=True)
             return {k: tf.gather(v, order) for k, v in features.items()}, tf.gather(labels, order)
 
-        ds = tf.data.Dataset.from_tensor_slices((columns, targets)).batch(512)
-        ds = ds.map(no_autograph(lambda f, y: (self._tokenize_batch(f), y)), num_parallel_calls=AUTOTUNE).unbatch()
-        ds = ds.batch(count).map(no_autograph(by_length)).unbatch()
+        ds = self._tokenized(records, targets).batch(count).map(no_autograph(by_length)).unbatch()
         ds = ds.apply(tf.data.experimental.assert_cardinality(count))
         if self.config.data.cache:
             ds = ds.cache()
         return ds.batch(batch_size).map(no_autograph(self._trim), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
-    def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
-        # The functions given to tf.data are plain TensorFlow: AutoGraph's conversion (it parses their source)
-        # would only add a few tenths of a second of CPU before the first step.
-        no_autograph = tf.autograph.experimental.do_not_convert
+    def _tokenized(self, records: Records, targets: np.ndarray) -> tf.data.Dataset:
+        """`(features, target)` per record, in record order, tokenized in batches of 512."""
         columns = {name: np.asarray(records.inputs[name], dtype=object) for name in records.inputs}
-        ds = tf.data.Dataset.from_tensor_slices((columns, targets))
-        tokenized = no_autograph(lambda f, y: (self._tokenize_batch(f), y))
-        ds = ds.batch(512).map(tokenized, num_parallel_calls=AUTOTUNE).unbatch()
-        ds = ds.apply(tf.data.experimental.assert_cardinality(len(records)))  # unbatch forgets the size
+        tokenized = tf.autograph.experimental.do_not_convert(lambda f, y: (self._tokenize_batch(f), y))
+        ds = tf.data.Dataset.from_tensor_slices((columns, targets)).batch(512)
+        ds = ds.map(tokenized, num_parallel_calls=AUTOTUNE).unbatch()
+        return ds.apply(tf.data.experimental.assert_cardinality(len(records)))  # unbatch forgets the size
+
+    def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
+        # The functions given to tf.data are plain TensorFlow: AutoGraph's conversion would only cost start-up time.
+        no_autograph = tf.autograph.experimental.do_not_convert
+        ds = self._tokenized(records, targets)
         if self.config.data.cache:
             ds = ds.cache()
         if training:
