@@ -223,6 +223,13 @@ def test_early_stopping_restores_best_weights(tmp_path):
     for a, b in zip(final.weights, best_model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert json.loads((result.run_dir / "status.json").read_text())["state"] == "completed"
+    # The best weights are the model's only: the optimizer's slots are in the resumable checkpoint.
+    import h5py
+
+    with h5py.File(result.run_dir / "checkpoints" / "best.weights.h5") as best_file:
+        stored: list[str] = []
+        best_file.visit(stored.append)
+    assert stored and not [name for name in stored if "optimizer" in name]
 
 
 def test_text_end_to_end_learns_and_writes_the_run_directory(tmp_path, text_data):

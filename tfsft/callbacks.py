@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsft.config import EarlyStoppingConfig, TrainingConfig
+from tfsft.keras_internals import save_weights_without_optimizer
 from tfsft.learning_rate import get_lr
 from tfsft.metric_direction import resolve_direction
 
@@ -180,7 +181,7 @@ class BestWeights(keras.callbacks.Callback):
             return
         best_index, best_value = self.metric.best(self.state)
         if best_index == len(self.state.epochs) - 1:
-            self.model.save_weights(str(self.path))
+            save_weights_without_optimizer(self.model, self.path)  # training resumes from checkpoints/last
             log.info("New best %s=%.5f at epoch %d -> %s", self.metric.name, best_value, epoch + 1, self.path)
 
 

@@ -21,6 +21,8 @@ Inventory (all checked against Keras 3.15):
 - Attribute tracking: `keras.src.utils.tracking.DotNotTrackScope` and TensorFlow's
   `tensorflow.python.trackable.data_structures.sticky_attribute_assignment` (`plain_containers_untracked`: the
   tokenizer's vocabulary stored without either walk).
+- Saving: `keras.src.saving.saving_lib.save_weights_only(..., objects_to_skip=)` (`save_weights_without_optimizer`:
+  best.weights.h5 without Adam's two slots per weight).
 - Variable creation: `keras.src.backend.tensorflow.core.Variable._initialize_with_initializer` / `_initialize`
   (`initial_values_left_to_checkpoint`: a preset backbone's weights are not drawn at random only to be
   overwritten by its checkpoint).
@@ -63,6 +65,7 @@ PRIVATE_MODULE_NAMES = [
     ("keras.src.losses.loss", "scale_loss_for_distribution"),
     ("keras.src.backend.tensorflow.trainer", "reduce_per_replica"),
     ("keras.src.backend.tensorflow.core", "Variable"),
+    ("keras.src.saving.saving_lib", "save_weights_only"),
 ]
 
 
@@ -301,3 +304,15 @@ def initial_values_left_to_checkpoint() -> Iterator[list]:
 def still_unset(variables: list) -> list[str]:
     """Paths of the variables (from `initial_values_left_to_checkpoint`) that still hold a NaN."""
     return [v.path for v in variables if bool(tf.reduce_any(tf.math.is_nan(v.value)))]
+
+
+def save_weights_without_optimizer(model, path) -> None:
+    """`model.save_weights(path)` without the optimizer's state, which Keras 3 writes into a weights file too.
+
+    Adam keeps two slots per weight, so MiniLM-L6's best.weights.h5 was 272 MB instead of 91 MB, written at each
+    new best epoch of a run. The file loads with `model.load_weights` as before (Keras warns that the saved
+    optimizer has no variables, and loads the layers' weights)."""
+    from keras.src.saving import saving_lib
+
+    skipped = [model.optimizer] if getattr(model, "optimizer", None) is not None else None
+    saving_lib.save_weights_only(model, str(path), objects_to_skip=skipped)
