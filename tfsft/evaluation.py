@@ -45,9 +45,7 @@ def evaluation_dataset(
     """
     block = steps * batch_size if steps else None
     order = modality.evaluation_order(records, block) if _SORTED else np.arange(len(records))
-    if not np.array_equal(order, np.arange(len(records))):
-        records, targets = records.subset(order), targets[order]
-    return modality.dataset(records, targets, training=False, batch_size=batch_size), order
+    return modality.ordered_dataset(records, targets, order, batch_size), order
 
 
 def validation_batches(

@@ -74,15 +74,20 @@ class Modality(ABC):
         of `block` records (a capped validation reads the same records as in file order).
         """
 
-    def evaluation_batches(
-        self, records: Records, targets: np.ndarray, batch_size: int, block: int | None = None
+    def ordered_dataset(
+        self, records: Records, targets: np.ndarray, order: np.ndarray, batch_size: int
     ) -> tf.data.Dataset:
-        """`dataset(training=False)` batches in `evaluation_order`, for passes that keep aggregated metrics only
-        (validation): the order is not returned, so a modality may work it out inside the pipeline."""
-        order = self.evaluation_order(records, block)
+        """`dataset(training=False)` batches of the records taken in `order` (a permutation of their indices)."""
         if not np.array_equal(order, np.arange(len(records))):
             records, targets = records.subset(order), targets[order]
         return self.dataset(records, targets, training=False, batch_size=batch_size)
+
+    def evaluation_batches(
+        self, records: Records, targets: np.ndarray, batch_size: int, block: int | None = None
+    ) -> tf.data.Dataset:
+        """`ordered_dataset` in `evaluation_order`, for passes that keep aggregated metrics only (validation): the
+        order is not returned, so a modality may work it out inside the pipeline."""
+        return self.ordered_dataset(records, targets, self.evaluation_order(records, block), batch_size)
 
     # ------------------------------------------------------------------------------------- model
     @abstractmethod

@@ -177,20 +177,19 @@ class TextModality(Modality):
         the same records in each run of batches as in file order; None sorts the whole split.
         """
         columns = {name: np.asarray(values, dtype=object) for name, values in records.inputs.items()}
-        pad = self.tokenizer.pad_token_id
-        batches = (
-            tf.data.Dataset.from_tensor_slices(columns)
-            .batch(512)
-            .map(
-                tf.autograph.experimental.do_not_convert(
-                    lambda f: tf.reduce_sum(tf.cast(self._tokenize_batch(f)["token_ids"] != pad, tf.int32), axis=1)
-                ),
-                num_parallel_calls=AUTOTUNE,
-            )
-        )
+        lengths_of = tf.autograph.experimental.do_not_convert(lambda f: self._lengths(self._tokenize_batch(f)))
+        batches = tf.data.Dataset.from_tensor_slices(columns).batch(512).map(lengths_of, num_parallel_calls=AUTOTUNE)
         lengths = np.concatenate([np.zeros(0, np.int32), *(b.numpy() for b in batches)])
-        runs = np.arange(len(records)) // (block or max(len(records), 1))
-        return np.lexsort((lengths, runs))  # stable: by run, then by length, then by position
+        return self._length_order(tf.constant(lengths), block or max(len(records), 1)).numpy()
+
+    def _lengths(self, features: dict) -> tf.Tensor:
+        return tf.reduce_sum(tf.cast(features["token_ids"] != self.tokenizer.pad_token_id, tf.int32), axis=1)
+
+    def _length_order(self, lengths: tf.Tensor, run_length: int) -> tf.Tensor:
+        """Stable order by (run of `run_length` records, token length, position): the one key of the Python order
+        (`evaluation_order`) and of the in-pipeline one (`evaluation_batches`)."""
+        runs = tf.range(tf.size(lengths, out_type=tf.int64), dtype=tf.int64) // run_length
+        return tf.argsort(runs * (self.config.text.max_length + 1) + tf.cast(lengths, tf.int64), stable=True)
 
     def evaluation_batches(
         self, records: Records, targets: np.ndarray, batch_size: int, block: int | None = None
@@ -201,12 +200,9 @@ class TextModality(Modality):
         count, no_autograph = len(records), tf.autograph.experimental.do_not_convert
         if count > IN_PIPELINE_SORT_LIMIT or count == 0:
             return super().evaluation_batches(records, targets, batch_size, block)
-        pad, run_length = self.tokenizer.pad_token_id, block or count
 
-        def by_length(features, labels):  # by (run of `block` records, token length, position)
-            lengths = tf.reduce_sum(tf.cast(features["token_ids"] != pad, tf.int32), axis=1)
-            runs = tf.range(count, dtype=tf.int32) // run_length
-            order = tf.argsort(runs * (self.config.text.max_length + 1) + lengths, stable=True)
+        def by_length(features, labels):
+            order = self._length_order(self._lengths(features), block or count)
             return {k: tf.gather(v, order) for k, v in features.items()}, tf.gather(labels, order)
 
         ds = self._tokenized(records, targets).batch(count).map(no_autograph(by_length)).unbatch()
