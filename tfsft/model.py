@@ -12,6 +12,7 @@ import numpy as np
 from tfsft.backbones import is_pretrained
 from tfsft.config import RunConfig
 from tfsft.freezing import FreezePlan
+from tfsft.layer_norm import use_closed_form_gradients
 from tfsft.modalities.base import Modality
 from tfsft.task_types import task_type
 
@@ -61,6 +62,7 @@ def build_model_and_plan(
     strategy scope. The plan's units come from the freshly loaded backbone (pretrained or not decides BatchNorm)."""
     backbone = modality.backbone()
     model = build_model(config, modality, backbone, num_outputs)
+    use_closed_form_gradients(model)
     plan = FreezePlan(
         config.freeze,
         backbone,

@@ -35,7 +35,7 @@ from tfsft.evaluation import evaluate_run, validation_batches
 from tfsft.freezing import FreezePlan, FreezingCallback
 from tfsft.learning_rate import build_schedule
 from tfsft.modalities import get_modality
-from tfsft.modalities.base import Modality
+from tfsft.modalities.base import CacheFills, Modality
 from tfsft.model import build_model_and_plan, class_weight_map, loss_for, metrics_for
 from tfsft.optim import build_optimizer
 from tfsft.regularization import PretrainedAnchor, build_anchor
@@ -207,7 +207,8 @@ def fit_and_evaluate(
         has_validation=p.splits.validation is not None,
         write=is_chief(),
     )
-    train_ds, class_weight, validation = _datasets(p)  # one validation set for fit and StepLogger's in-epoch one
+    cache_fills = CacheFills()
+    train_ds, class_weight, validation = _datasets(p, cache_fills)  # one validation set for fit and StepLogger's
     fit_callbacks = _callbacks(p, checkpoint, monitors, trackers, list(callbacks or []), validation)
     fit_kwargs = dict(
         validation_data=validation,
@@ -216,7 +217,13 @@ def fit_and_evaluate(
         callbacks=fit_callbacks,
         verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
     )
-    train_seconds = _fit(p, train_ds, fit_kwargs, epochs_done, steps_done, monitors.early_stopping)
+    # The first step reads the training cache only after its function is traced and optimized (seconds of
+    # Python and grappler on one core): filled meanwhile on the other, it serves the first batch from memory.
+    cache_fills.start()
+    try:
+        train_seconds = _fit(p, train_ds, fit_kwargs, epochs_done, steps_done, monitors.early_stopping)
+    finally:
+        cache_fills.wait()
     _stop_if_diverged(p, state)
     _restore_best_weights(p, monitors)
     metrics = _save_evaluate_export(p, state, monitors, train_seconds, trackers) if is_chief() else {}
@@ -276,10 +283,12 @@ def _callbacks(
     ]
 
 
-def _datasets(p: Prepared) -> tuple:
+def _datasets(p: Prepared, cache_fills: CacheFills) -> tuple:
     """(training stream, class weights for fit, validation set or None); with several replicas the class weights
     ride in the stream as sample weights and whole global batches are kept."""
-    train_ds = p.modality.dataset(p.splits.train, p.targets["train"], training=True, batch_size=p.batch_size)
+    train_ds = p.modality.dataset(
+        p.splits.train, p.targets["train"], training=True, batch_size=p.batch_size, cache_fills=cache_fills
+    )
     validation = None
     if p.splits.validation is not None:
         validation = validation_batches(

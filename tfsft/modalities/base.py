@@ -12,6 +12,8 @@ config.py.
 
 from __future__ import annotations
 
+import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,8 @@ import tensorflow as tf
 
 from tfsft.config import RunConfig
 from tfsft.data import BadRecords, Records, read_table, require_columns, row_label, table_format
+
+log = logging.getLogger(__name__)
 
 # Raw inputs of one exported signature: input name -> spec of what a client sends (a batch of them).
 SignatureSpecs = dict[str, dict[str, tf.TensorSpec]]
@@ -57,12 +61,36 @@ class Modality(ABC):
 
     # ------------------------------------------------------------------------------------- tf.data
     @abstractmethod
-    def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
+    def dataset(
+        self,
+        records: Records,
+        targets: np.ndarray,
+        training: bool,
+        batch_size: int,
+        cache_fills: CacheFills | None = None,
+    ) -> tf.data.Dataset:
         """Batches of `(model inputs, targets)`; `targets[i]` belongs to record i.
 
         training=True: an endless stream, reshuffled every epoch from `config.seed`, with augmentation.
         training=False: every record once, in record order, without augmentation (predictions line up).
+        `cache_fills`: where to add an in-memory cache the first batch needs whole, to be filled ahead (`epochs`).
         """
+
+    def epochs(
+        self, examples: tf.data.Dataset, count: int, training: bool, cache: bool, cache_fills: CacheFills | None
+    ) -> tf.data.Dataset:
+        """The `count` examples of a split (one element each, not yet batched), kept in memory after their first
+        pass if `cache`; training: as `shuffled_epochs`. When the shuffle buffer takes the whole split, the
+        first batch needs every example tokenized or decoded: the cache then goes to `cache_fills`, which the
+        trainer fills while the first step is traced, instead of after."""
+        if cache:
+            examples = examples.cache()
+        if not training:
+            return examples
+        buffer = min(self.config.data.shuffle_buffer, count)
+        if cache and cache_fills is not None and buffer == count:
+            cache_fills.add(examples)
+        return shuffled_epochs(examples, buffer, self.config.seed)
 
     @abstractmethod
     def evaluation_order(self, records: Records, block: int | None = None) -> np.ndarray:
@@ -197,3 +225,46 @@ def shuffled_epochs(dataset: tf.data.Dataset, buffer_size: int, seed: int) -> tf
         return dataset.shuffle(buffer_size, seed=tf.cast(epoch, tf.int64) + seed, reshuffle_each_iteration=False)
 
     return tf.data.Dataset.range(2**62).flat_map(one_epoch)
+
+
+class CacheFills:
+    """Reads cached datasets to their end on background threads, so that their in-memory caches are complete
+    before training reads them.
+
+    The fill is TensorFlow work (tokenizing, decoding) inside one `reduce` op, which does not hold Python's
+    lock: it runs on a core the Python tracing the training step leaves idle. The examples, their order and
+    every batch stay the same, whoever writes the cache: an iterator that opens the cache before the fill is
+    complete writes it too (the same elements), and the first to finish completes it.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tf.data.Dataset] = []
+        self._threads: list[threading.Thread] = []
+
+    def add(self, dataset: tf.data.Dataset) -> None:
+        """A cached dataset to fill once `start` is called."""
+        self._pending.append(dataset)
+
+    def start(self) -> None:
+        """Start filling the datasets added so far, one background thread each."""
+        # One thread for the fill's own work: the Python that traces the step keeps the other core.
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = 1
+        options.threading.max_intra_op_parallelism = 1
+        for dataset in self._pending:
+            thread = threading.Thread(target=_fill, args=(dataset.with_options(options),), name="tfsft-cache-fill")
+            thread.start()  # not a daemon: a process that exits early lets the op end instead of tearing it down
+            self._threads.append(thread)
+        self._pending.clear()
+
+    def wait(self) -> None:
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+
+
+def _fill(dataset: tf.data.Dataset) -> None:
+    try:
+        dataset.reduce(np.int64(0), lambda count, _: count + 1)
+    except Exception:  # the training stream reads (and fails on) the same data itself: nothing is lost
+        log.debug("Filling a dataset cache ahead of training failed", exc_info=True)

@@ -16,7 +16,7 @@ from tfsft.config import RunConfig
 from tfsft.data import BadRecords, Records
 from tfsft.errors import DataError, clean_tf_message
 from tfsft.layers import ImageNormalization
-from tfsft.modalities.base import Modality, SignatureSpecs, shuffled_epochs, table_records
+from tfsft.modalities.base import CacheFills, Modality, SignatureSpecs, table_records
 from tfsft.modalities.predict_inputs import IMAGE_EXTENSIONS
 from tfsft.task_types import task_type
 
@@ -174,14 +174,19 @@ class ImageModality(Modality):
             mixers.append(keras.layers.CutMix(factor=aug.cutmix_alpha, seed=self.config.seed))
         return layers, mixers
 
-    def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
+    def dataset(
+        self,
+        records: Records,
+        targets: np.ndarray,
+        training: bool,
+        batch_size: int,
+        cache_fills: CacheFills | None = None,
+    ) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((np.asarray(records.inputs["path"]), targets))
         ds = ds.map(self._load, num_parallel_calls=AUTOTUNE)
         cache_bytes = len(records) * self.size[0] * self.size[1] * self.channels
-        if self.config.data.cache and cache_bytes < CACHE_LIMIT_BYTES:
-            ds = ds.cache()
-        if training:
-            ds = shuffled_epochs(ds, min(self.config.data.shuffle_buffer, len(records)), self.config.seed)
+        cache = self.config.data.cache and cache_bytes < CACHE_LIMIT_BYTES
+        ds = self.epochs(ds, len(records), training, cache, cache_fills)
         ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
         if training:
             layers, mixers = self.augmenter()

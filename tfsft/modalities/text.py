@@ -16,7 +16,7 @@ from tfsft.config import RunConfig
 from tfsft.data import BadRecords, Records, table_format
 from tfsft.errors import DataError
 from tfsft.layers import SequencePooling
-from tfsft.modalities.base import Modality, SignatureSpecs, shuffled_epochs, table_records
+from tfsft.modalities.base import CacheFills, Modality, SignatureSpecs, table_records
 from tfsft.paths import resolve
 
 log = logging.getLogger(__name__)
@@ -219,14 +219,19 @@ class TextModality(Modality):
         ds = ds.map(tokenized, num_parallel_calls=AUTOTUNE).unbatch()
         return ds.apply(tf.data.experimental.assert_cardinality(len(records)))  # unbatch forgets the size
 
-    def dataset(self, records: Records, targets: np.ndarray, training: bool, batch_size: int) -> tf.data.Dataset:
+    def dataset(
+        self,
+        records: Records,
+        targets: np.ndarray,
+        training: bool,
+        batch_size: int,
+        cache_fills: CacheFills | None = None,
+    ) -> tf.data.Dataset:
         # The functions given to tf.data are plain TensorFlow: AutoGraph's conversion would only cost start-up time.
         no_autograph = tf.autograph.experimental.do_not_convert
-        ds = self._tokenized(records, targets)
-        if self.config.data.cache:
-            ds = ds.cache()
+        tokenized = self._tokenized(records, targets)
+        ds = self.epochs(tokenized, len(records), training, self.config.data.cache, cache_fills)
         if training:
-            ds = shuffled_epochs(ds, min(self.config.data.shuffle_buffer, len(records)), self.config.seed)
             boundaries = self._boundaries()
             ds = ds.bucket_by_sequence_length(
                 element_length_func=no_autograph(lambda f, y: tf.reduce_sum(tf.cast(f["padding_mask"], tf.int32))),
