@@ -15,7 +15,7 @@ Inventory (all checked against Keras 3.15):
 - Overridden optimizer methods: `_apply_weight_decay` (decoupled decay at each variable's own learning rate:
   `PerVariableWeightDecay`) and `_backend_update_step` with `_get_variable_index`, `_momentums`,
   `_velocities` (the fused Adam kernel: `FusedAdamUpdate`).
-- Layers: `_flatten_layers` (every sublayer of a backbone, for freezing).
+- Layers: `_flatten_layers` (every sublayer of a backbone, for freezing and for the layer norms' closed-form gradient).
 - Metrics: `FBetaScore._build` (`build_f_score`: F1's state created before the train step is traced).
 - `keras.src.losses.loss.scale_loss_for_distribution` (tfsft/regularization.py, through this module).
 - Attribute tracking: `keras.src.utils.tracking.DotNotTrackScope` and TensorFlow's
