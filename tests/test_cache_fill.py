@@ -30,8 +30,8 @@ def test_a_cache_filled_ahead_serves_the_same_stream_without_computing_it_again(
     examples, computed = _counted_examples(20)
     fills = CacheFills()
     stream = _epochs(examples, 20, fills)
-    fills.start()
-    fills.wait()
+    with fills.filling():  # as the trainer runs fit: started on entry, waited for on exit
+        pass
     assert int(computed.numpy()) == 20  # the fill computed every example once
 
     three_epochs = [int(x) for x in stream.take(60)]

@@ -217,13 +217,7 @@ def fit_and_evaluate(
         callbacks=fit_callbacks,
         verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
     )
-    # The first step reads the training cache only after its function is traced and optimized (seconds of
-    # Python and grappler on one core): filled meanwhile on the other, it serves the first batch from memory.
-    cache_fills.start()
-    try:
-        train_seconds = _fit(p, train_ds, fit_kwargs, epochs_done, steps_done, monitors.early_stopping)
-    finally:
-        cache_fills.wait()
+    train_seconds = _fit(p, train_ds, cache_fills, fit_kwargs, epochs_done, steps_done, monitors.early_stopping)
     _stop_if_diverged(p, state)
     _restore_best_weights(p, monitors)
     metrics = _save_evaluate_export(p, state, monitors, train_seconds, trackers) if is_chief() else {}
@@ -304,7 +298,13 @@ def _datasets(p: Prepared, cache_fills: CacheFills) -> tuple:
 
 
 def _fit(
-    p: Prepared, train_ds, fit_kwargs: dict, epochs_done: int, steps_done: int, early_stopping: EarlyStopping
+    p: Prepared,
+    train_ds,
+    cache_fills: CacheFills,
+    fit_kwargs: dict,
+    epochs_done: int,
+    steps_done: int,
+    early_stopping: EarlyStopping,
 ) -> float:
     """Train the epochs left (finishing an epoch a mid-epoch checkpoint interrupted first); the seconds it took."""
     model, replicas = p.model, p.strategy.num_replicas_in_sync
@@ -314,10 +314,12 @@ def _fit(
         return distribute_global_batches(p.strategy, train_ds.skip(step)) if replicas > 1 else train_ds.skip(step)
 
     spe, epochs = p.steps_per_epoch, p.config.training.epochs
+    if epochs_done >= epochs or early_stopping.should_stop():
+        return 0.0  # a finished run, resumed: nothing to train, and no cache to fill
     started = time.time()
-    if epochs_done < epochs and not early_stopping.should_stop():
-        # The shuffled, repeated training stream is deterministic, so skipping the steps already taken resumes it
-        # where it stopped. A checkpoint taken mid-epoch finishes that epoch first, with the steps it has left.
+    # The cache fills while step 1 is traced (Python on one core), then serves its first batch from memory. The
+    # stream is deterministic: resuming skips the steps taken (a mid-epoch checkpoint finishes its epoch first).
+    with cache_fills.filling():
         in_epoch = steps_done - epochs_done * spe
         if 0 < in_epoch < spe:
             model.fit(

@@ -12,10 +12,11 @@ config.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,15 @@ class CacheFills:
     def add(self, dataset: tf.data.Dataset) -> None:
         """A cached dataset to fill once `start` is called."""
         self._pending.append(dataset)
+
+    @contextlib.contextmanager
+    def filling(self) -> Iterator[None]:
+        """`start` on entry; on exit (training done, or failed) `wait` for the fills to end."""
+        self.start()
+        try:
+            yield
+        finally:
+            self.wait()
 
     def start(self) -> None:
         """Start filling the datasets added so far, one background thread each."""
