@@ -325,7 +325,9 @@ def worker_hf_text(args, data: dict) -> dict:
     out["predict_examples_per_s"] = time_predict(predict_batch, texts)
     for i in range(0, len(texts), 64):
         predicted.extend(predict_batch(texts[i : i + 64]))
-    out["macro_f1"] = macro_f1([r["label"] for r in test], [LABELS[i] for i in predicted])
+    # Scored by the driver (scikit-learn is in tfsft's environment, not necessarily in the HF one).
+    out["test_truth"] = [r["label"] for r in test]
+    out["test_predicted"] = [LABELS[i] for i in predicted]
     out["build"] = (
         f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"{torch.get_num_threads()} threads, transformers {__import__('transformers').__version__}"
@@ -488,7 +490,10 @@ def run_worker(name: str, args, data: dict, python: str = sys.executable) -> dic
     if process.returncode != 0:
         print(f"  {name} failed:\n{process.stderr[-2500:]}", flush=True)
         return None
-    return json.loads(out_file.read_text())
+    result = json.loads(out_file.read_text())
+    if "test_predicted" in result:
+        result["macro_f1"] = macro_f1(result.pop("test_truth"), result.pop("test_predicted"))
+    return result
 
 
 _ONEDNN_PROBE = "import tfsft, tensorflow as tf; tf.function(lambda a: tf.nn.relu(tf.matmul(a, a)))(tf.ones([64, 64]))"

@@ -29,6 +29,12 @@ def test_onednn_choice_by_cpu(info, expected):
     assert choice.reason  # every choice says why
 
 
+def test_the_reason_says_when_tensorflow_would_have_chosen_onednn_itself():
+    sapphire_rapids = cpu("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
+    assert _onednn_choice(sapphire_rapids, {}).reason == "TensorFlow's own default on this CPU (amx_tile avx512_vnni)"
+    assert "Eigen" in _onednn_choice(cpu("avx2", "fma"), {}).reason
+
+
 @pytest.mark.parametrize("value,expected", [("0", "off"), ("1", "on")])
 def test_a_users_setting_wins(value, expected):
     environ = {"TF_ENABLE_ONEDNN_OPTS": value}

@@ -90,6 +90,8 @@ class Choice:
 CHOICES: list[Choice] = []
 
 
+# TensorFlow switches oneDNN on by itself when the CPU has one of these (tensorflow/core/util/util.cc, IsMKLEnabled).
+TF_ONEDNN_DEFAULT_FLAGS = frozenset({"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"})
 CHOSEN_BY_TFSFT = "TFSFT_SET_ONEDNN_OPTS"  # marks the variable as tfsft's choice for child processes
 
 
@@ -106,12 +108,14 @@ def _onednn_choice(info: CpuInfo, environ) -> Choice:
     if info.isa == "older":
         return Choice("oneDNN kernels", "TensorFlow's default", "the CPU lacks AVX2 + FMA")
     environ["TF_ENABLE_ONEDNN_OPTS"] = environ[CHOSEN_BY_TFSFT] = "1"
+    tf_turns_it_on = sorted(info.flags & TF_ONEDNN_DEFAULT_FLAGS)
+    if tf_turns_it_on:  # set anyway, so that every child process (export check, tuner trials) agrees
+        return Choice("oneDNN kernels", "on", f"TensorFlow's own default on this CPU ({' '.join(tf_turns_it_on)})")
     return Choice(
         "oneDNN kernels",
         "on",
-        f"{info.isa.upper()} CPU: TensorFlow would use its Eigen kernels unless "
-        "the CPU has AVX-512 VNNI/AMX; on an AVX2 CPU oneDNN trained MiniLM 1.18x and predicted 1.10x as "
-        "fast (scripts/bench_train.py --eigen)",
+        f"{info.isa.upper()} CPU without AVX-512 VNNI/BF16 or AMX, where TensorFlow would use its Eigen kernels; "
+        "on an AVX2 CPU oneDNN trained MiniLM 1.18x and predicted 1.10x as fast (scripts/bench_train.py --eigen)",
     )
 
 
