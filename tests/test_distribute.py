@@ -195,6 +195,45 @@ def test_mixed_precision_learns_with_a_float32_head(tmp_path, text_data, policy)
     losses = [e["loss"] for e in result.history]
     assert losses[-1] < losses[0] * 0.8, losses
     assert result.metrics["test"]["accuracy"] > 0.6
+    # Exported, it computes in float32: half precision would run on reference kernels on most serving CPUs.
+    import tensorflow as tf
+
+    from tfsft.export import export_run
+
+    version = export_run(result.run_dir, tmp_path / "saved_models", verify=False)
+    signature = tf.saved_model.load(str(version)).signatures["serving_default"]
+    graph = signature.graph.as_graph_def()
+    nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
+    half = {tf.bfloat16.as_datatype_enum, tf.float16.as_datatype_enum}
+    computing_in_half = sorted(
+        {node.op for node in nodes for value in node.attr.values() if value.type in half or set(value.list.type) & half}
+    )
+    assert not computing_in_half, computing_in_half
+
+
+def test_a_mixed_precision_model_is_loaded_for_inference_computing_in_float32():
+    import keras
+
+    from tfsft.runs import computing_in_float32
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        inputs = keras.Input((8,))
+        hidden = keras.layers.Dense(16, activation="relu")(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32")(hidden))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    twin = computing_in_float32(model)
+    assert [layer.dtype_policy.name for layer in twin.layers[1:]] == ["float32", "float32"]
+    assert model.layers[1].dtype_policy.name == "mixed_bfloat16"  # the trained model is left as it was
+    for trained, loaded in zip(model.weights, twin.weights):
+        np.testing.assert_array_equal(trained.numpy(), loaded.numpy())
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+    (w1, b1), (w2, b2) = ([w.numpy().astype("float64") for w in layer.weights] for layer in model.layers[1:])
+    exact = np.maximum(x @ w1 + b1, 0) @ w2 + b2
+    np.testing.assert_allclose(np.asarray(twin(x)), exact, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(model(x), dtype="float64") - exact).max() > 1e-4  # bfloat16 really differs
+    assert computing_in_float32(twin) is twin
 
 
 def test_training_order_depends_on_seed_and_epoch_only():
