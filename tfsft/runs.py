@@ -84,14 +84,15 @@ def computing_in_float32(model):
     A run trained under `mixed_bfloat16` (tfsft's default on GPUs of compute capability 8+) or `mixed_float16`
     saves its layers with that policy, and a SavedModel exported from it would compute in half precision
     wherever it is served. CPUs without AVX-512 BF16 or AMX run bfloat16 on TensorFlow's reference kernels: the
-    quickstart's model trained in bfloat16 answered 13 examples/s against 170 for a float32 one on the same CPU
-    (TensorFlow's Eigen kernels, 2-core Xeon); on some oneDNN builds the bfloat16 matmul does not run at all.
+    quickstart's model trained in bfloat16 answered 13 examples/s through its SavedModel against 113-133 for the
+    same weights in float32 (TensorFlow's Eigen kernels, 2-core Xeon); with oneDNN capped to AVX2 its bfloat16
+    matmul did not run at all.
     Evaluation and export therefore compute in float32, as the model's own variables already are."""
     import keras
 
     from tfsft.keras_internals import flatten_layers
 
-    mixed = sorted({layer.dtype_policy.name for layer in flatten_layers(model)} - {"float32"})
+    mixed = sorted({layer.dtype_policy.name for layer in flatten_layers(model)} & {"mixed_bfloat16", "mixed_float16"})
     if not mixed:
         return model
     config = _float32_policies(keras.saving.serialize_keras_object(model))
@@ -107,7 +108,10 @@ def _float32_policies(config):
         return [_float32_policies(item) for item in config]
     if not isinstance(config, dict):
         return config
-    if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed"):
+    if config.get("class_name") == "DTypePolicy" and config["config"].get("name") in (
+        "mixed_bfloat16",
+        "mixed_float16",
+    ):
         return {**config, "config": {**config["config"], "name": "float32"}}
     return {
         key: "float32" if key == "dtype" and value in ("bfloat16", "float16") else _float32_policies(value)
