@@ -206,9 +206,10 @@ def evaluate_finished_run(run_dir: Path, data: str | None) -> dict:
     from tfsft.errors import DataError
     from tfsft.modalities import get_modality, modality_spec
     from tfsft.paths import resolve
-    from tfsft.runs import load_run
+    from tfsft.runs import load_run, use_float32_compute
 
     config, class_names, model = load_run(run_dir)
+    use_float32_compute(model)  # as it is exported
     source = data or config.data.test
     if not source:
         raise DataError(f"The run {run_dir} has no test file in its config (it was split off); pass --data FILE.")

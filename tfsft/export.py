@@ -182,6 +182,7 @@ class ExportSource:
     name: str
     model_dir: Path
     version: int
+    trained_policy: str  # the model computes in float32 whatever it was trained under (runs.use_float32_compute)
 
     @property
     def examples(self) -> Records:
@@ -203,12 +204,13 @@ def open_export(
     """
     from tfsft.data import load_splits
     from tfsft.modalities import get_modality
-    from tfsft.runs import load_run
+    from tfsft.runs import load_run, use_float32_compute
 
     run_dir = Path(run_dir)
     check_run_completed(run_dir, force)  # all checks before the model loads, so nothing is written
     check_name_and_version((name or "run") + suffix, version)
     config, class_names, model = load_run(run_dir)
+    trained_policy = use_float32_compute(model)
     name = (name or config.name) + suffix
     check_name_and_version(name, version)
     model_dir = Path(base_path) / name
@@ -227,7 +229,7 @@ def open_export(
     splits = load_splits(config, modality.read)
     modality.prepare(splits.train, run_dir)
     modality.use_model_inputs(model)
-    return ExportSource(run_dir, config, class_names, model, modality, splits, name, model_dir, version)
+    return ExportSource(run_dir, config, class_names, model, modality, splits, name, model_dir, version, trained_policy)
 
 
 @contextmanager

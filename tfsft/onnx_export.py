@@ -56,51 +56,6 @@ def require_onnx_packages() -> None:
 
 
 # ----------------------------------------------------------------------------------------- model
-def float32_model(model) -> tuple:
-    """(the model, "float32"), or (a float32 copy, the mixed policy) for a run trained under mixed precision.
-
-    tf2onnx turns bfloat16/float16 compute into graphs onnxruntime refuses to load (mixed types in one op),
-    and clients feed float32 anyway. Variables are float32 under mixed precision, so the weights carry over.
-    """
-    config = model.get_config()
-    mixed = sorted(_mixed_policies(config))
-    if not mixed:
-        return model, "float32"
-    import tfsft.layers  # noqa: F401  (registers tfsft's layers for from_config)
-
-    copy = model.__class__.from_config(_float32_policies(config))
-    copy.set_weights(model.get_weights())
-    log.info("The run was trained under %s; the ONNX model computes in float32.", mixed[0])
-    return copy, mixed[0]
-
-
-def _mixed_name(config: dict) -> str | None:
-    """The policy name when `config` is a serialized mixed-precision DTypePolicy (as in `get_config()`)."""
-    policy = config.get("config") if config.get("class_name") == "DTypePolicy" else None
-    name = str(policy.get("name", "")) if isinstance(policy, dict) else ""
-    return name if name.startswith("mixed_") else None
-
-
-def _mixed_policies(config) -> set[str]:
-    if isinstance(config, dict):
-        name = _mixed_name(config)
-        own = {name} if name is not None else set()
-        return own.union(*map(_mixed_policies, config.values()))
-    if isinstance(config, list):
-        return set().union(*map(_mixed_policies, config))
-    return set()
-
-
-def _float32_policies(config):
-    if isinstance(config, dict):
-        if _mixed_name(config):
-            return {**config, "config": {**config["config"], "name": "float32"}}
-        return {key: _float32_policies(value) for key, value in config.items()}
-    if isinstance(config, list):
-        return [_float32_policies(value) for value in config]
-    return config
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
@@ -274,7 +229,7 @@ def export_onnx(
     source = open_export(run_dir, base_path, name, version, suffix=DIR_SUFFIX, force=force)
     run_dir, config, class_names, modality = source.run_dir, source.config, source.class_names, source.modality
     name, version = source.name, source.version
-    model, trained_policy = float32_model(source.model)
+    model, trained_policy = source.model, source.trained_policy  # computing in float32 (tf2onnx needs it)
     batch = verification_batch(modality, source.examples)
 
     with staged_version(source.model_dir, version) as staging:

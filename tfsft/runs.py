@@ -48,7 +48,6 @@ def load_run(run_dir: str | Path):
         ) from None
     from tfsft.modalities import get_modality
 
-    model = computing_in_float32(model)
     get_modality(config).adopt_loaded_model(model)  # runs as the run trained it (e.g. text's first-token layer)
     return config, classes, model
 
@@ -78,42 +77,26 @@ def optimizer_state_skipped_quietly() -> Iterator[None]:
         yield
 
 
-def computing_in_float32(model):
-    """`model` itself if it computes in float32, else a twin that does, with the same (float32) weights.
+MIXED_POLICIES = ("mixed_bfloat16", "mixed_float16")
+
+
+def use_float32_compute(model) -> str:
+    """Make a loaded model (and each of its layers) compute in float32; the policy it was trained under.
 
     A run trained under `mixed_bfloat16` (tfsft's default on GPUs of compute capability 8+) or `mixed_float16`
     saves its layers with that policy, and a SavedModel exported from it would compute in half precision
     wherever it is served. CPUs without AVX-512 BF16 or AMX run bfloat16 on TensorFlow's reference kernels: the
     quickstart's model trained in bfloat16 answered 13 examples/s through its SavedModel against 113-133 for the
     same weights in float32 (TensorFlow's Eigen kernels, 2-core Xeon); with oneDNN capped to AVX2 its bfloat16
-    matmul did not run at all.
-    Evaluation and export therefore compute in float32, as the model's own variables already are."""
-    import keras
-
+    matmul did not run at all. The variables of a mixed policy are float32 already: only the compute dtype
+    changes (Keras reads it at every call)."""
     from tfsft.keras_internals import flatten_layers
 
-    mixed = sorted({layer.dtype_policy.name for layer in flatten_layers(model)} & {"mixed_bfloat16", "mixed_float16"})
+    mixed = [layer for layer in [model, *flatten_layers(model)] if layer.dtype_policy.name in MIXED_POLICIES]
     if not mixed:
-        return model
-    config = _float32_policies(keras.saving.serialize_keras_object(model))
-    twin = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    twin.set_weights(model.get_weights())
-    log.info("The model was trained under %s; it is evaluated and exported computing in float32.", "/".join(mixed))
-    return twin
-
-
-def _float32_policies(config):
-    """A serialized Keras model with every half-precision dtype policy (and recorded tensor dtype) set to float32."""
-    if isinstance(config, list):
-        return [_float32_policies(item) for item in config]
-    if not isinstance(config, dict):
-        return config
-    if config.get("class_name") == "DTypePolicy" and config["config"].get("name") in (
-        "mixed_bfloat16",
-        "mixed_float16",
-    ):
-        return {**config, "config": {**config["config"], "name": "float32"}}
-    return {
-        key: "float32" if key == "dtype" and value in ("bfloat16", "float16") else _float32_policies(value)
-        for key, value in config.items()
-    }
+        return "float32"
+    trained_under = "/".join(sorted({layer.dtype_policy.name for layer in mixed}))
+    for layer in mixed:
+        layer.dtype_policy = "float32"
+    log.info("The model was trained under %s; it is evaluated and exported computing in float32.", trained_under)
+    return trained_under
