@@ -16,7 +16,7 @@ from tfsft.config import RunConfig
 from tfsft.data import BadRecords, Records
 from tfsft.errors import DataError, clean_tf_message
 from tfsft.layers import ImageNormalization
-from tfsft.modalities.base import CacheFills, Modality, SignatureSpecs, table_records
+from tfsft.modalities.base import CacheFills, Modality, SignatureSpecs, table_records, without_autotune_thread
 from tfsft.modalities.predict_inputs import IMAGE_EXTENSIONS
 from tfsft.task_types import task_type
 
@@ -195,7 +195,7 @@ class ImageModality(Modality):
                 ds = ds.map(lambda x, y: (pipeline(x, training=True), y), num_parallel_calls=AUTOTUNE)
             for mixer in mixers:
                 ds = ds.map(lambda x, y, m=mixer: self._mix(m, x, y), num_parallel_calls=AUTOTUNE)
-        return ds.prefetch(AUTOTUNE)
+        return without_autotune_thread(ds.prefetch(AUTOTUNE))
 
     @staticmethod
     def _mix(mixer, images, targets):

@@ -16,7 +16,7 @@ from tfsft.config import RunConfig
 from tfsft.data import BadRecords, Records, table_format
 from tfsft.errors import DataError
 from tfsft.layers import SequencePooling
-from tfsft.modalities.base import CacheFills, Modality, SignatureSpecs, table_records
+from tfsft.modalities.base import CacheFills, Modality, SignatureSpecs, table_records, without_autotune_thread
 from tfsft.paths import resolve
 
 log = logging.getLogger(__name__)
@@ -207,9 +207,9 @@ class TextModality(Modality):
 
         ds = self._tokenized(records, targets).batch(count).map(no_autograph(by_length)).unbatch()
         ds = ds.apply(tf.data.experimental.assert_cardinality(count))
-        if self.config.data.cache:
-            ds = ds.cache()
-        return ds.batch(batch_size).map(no_autograph(self._trim), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        ds = ds.cache() if self.config.data.cache else ds
+        ds = ds.batch(batch_size).map(no_autograph(self._trim), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        return without_autotune_thread(ds)
 
     def _tokenized(self, records: Records, targets: np.ndarray) -> tf.data.Dataset:
         """`(features, target)` per record, in record order, tokenized in batches of 512."""
@@ -240,7 +240,7 @@ class TextModality(Modality):
             )
         else:
             ds = ds.batch(batch_size)
-        return ds.map(no_autograph(self._trim), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        return without_autotune_thread(ds.map(no_autograph(self._trim), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE))
 
     # ------------------------------------------------------------------------------------- serving
     def serving_signatures(self) -> SignatureSpecs:
