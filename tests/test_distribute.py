@@ -2,6 +2,7 @@
 worker processes on 127.0.0.1 train to the same weights and metrics as one device on the same global batch;
 per-replica batch sizes; mixed precision keeps the head in float32 and still learns."""
 
+import importlib.util
 import json
 import os
 import socket
@@ -209,6 +210,21 @@ def test_mixed_precision_learns_with_a_float32_head(tmp_path, text_data, policy)
         {node.op for node in nodes for value in node.attr.values() if value.type in half or set(value.list.type) & half}
     )
     assert not computing_in_half, computing_in_half
+    if importlib.util.find_spec("tf2onnx") and importlib.util.find_spec("onnxruntime"):  # the `onnx` extra
+        import onnx
+
+        from tfsft.onnx_export import export_onnx
+
+        target = export_onnx(result.run_dir, tmp_path / "onnx_models")  # verified against Keras in float32 inside
+        info = json.loads((target / "export.json").read_text())
+        assert (info["trained_dtype_policy"], info["exported_compute_dtype"]) == (policy, "float32")
+        graph = onnx.load(str(target / "model.onnx")).graph
+        half_types = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16}
+        assert not [t.name for t in graph.initializer if t.data_type in half_types]
+        values = [*graph.input, *graph.output, *graph.value_info]
+        assert not [v.name for v in values if v.type.tensor_type.elem_type in half_types]
+        casts = [n for n in graph.node if n.op_type == "Cast"]
+        assert not [n.name for n in casts if any(a.name == "to" and a.i in half_types for a in n.attribute)]
 
 
 def test_a_mixed_precision_model_is_loaded_for_inference_computing_in_float32():
