@@ -1,5 +1,6 @@
 """Process start-up (tfsft.cli.startup): `import keras` without the optional packages Keras would import eagerly,
-which then still import normally for the code that uses them."""
+which then still import normally for the code that uses them; the import's objects frozen out of later garbage
+collections, which still collect what the program makes afterwards."""
 
 import json
 import subprocess
@@ -42,3 +43,48 @@ def test_packages_imported_before_keras_are_left_alone():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+GC_PROBE = """
+import gc, json, weakref
+from tfsft.cli import prepare_tensorflow_import
+prepare_tensorflow_import()
+{before}
+import keras
+frozen = gc.get_freeze_count()
+
+class Node:
+    pass
+
+a, b = Node(), Node()
+a.other, b.other = b, a  # a reference cycle: only the collector frees it
+alive = weakref.ref(a)
+del a, b
+gc.collect()
+print(json.dumps({{"frozen": frozen, "enabled": gc.isenabled(), "cycle_freed": alive() is None}}))
+"""
+
+
+def test_keras_import_objects_are_frozen_and_later_garbage_is_still_collected():
+    result = subprocess.run(
+        [sys.executable, "-c", GC_PROBE.format(before="")], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["frozen"] > 100_000  # Keras + TensorFlow: ~300,000 objects no later collection walks
+    assert out["enabled"] is True
+    assert out["cycle_freed"] is True
+
+
+def test_garbage_collection_the_user_turned_off_stays_off():
+    result = subprocess.run(
+        [sys.executable, "-c", GC_PROBE.format(before="gc.disable()")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["enabled"] is False
+    assert out["cycle_freed"] is True  # an explicit gc.collect() still works
