@@ -15,7 +15,11 @@ Inventory (all checked against Keras 3.15):
 - Overridden optimizer methods: `_apply_weight_decay` (decoupled decay at each variable's own learning rate:
   `PerVariableWeightDecay`) and `_backend_update_step` with `_get_variable_index`, `_momentums`,
   `_velocities` (the fused Adam kernel: `FusedAdamUpdate`).
-- Layers: `_flatten_layers` (every sublayer of a backbone, for freezing and for the layer norms' closed-form gradient).
+- Layers: `_flatten_layers` (every sublayer of a backbone, for freezing and for the layer norms' and dropouts'
+  closed-form gradients).
+- Dropout's random draw: `keras.src.random.seed_generator.draw_seed` and the TensorFlow backend's
+  `random._cast_seed` / `random._get_concrete_noise_shape` (`dropout_seed_and_noise_shape`: the seed and mask shape
+  Keras's own dropout uses, for tfsft/dropout_gradient.py).
 - Metrics: `FBetaScore._build` (`build_f_score`: F1's state created before the train step is traced).
 - `keras.src.losses.loss.scale_loss_for_distribution` (tfsft/regularization.py, through this module).
 - Attribute tracking: `keras.src.utils.tracking.DotNotTrackScope` and TensorFlow's
@@ -66,6 +70,9 @@ PRIVATE_MODULE_NAMES = [
     ("keras.src.backend.tensorflow.trainer", "reduce_per_replica"),
     ("keras.src.backend.tensorflow.core", "Variable"),
     ("keras.src.saving.saving_lib", "save_weights_only"),
+    ("keras.src.random.seed_generator", "draw_seed"),
+    ("keras.src.backend.tensorflow.random", "_cast_seed"),
+    ("keras.src.backend.tensorflow.random", "_get_concrete_noise_shape"),
 ]
 
 
@@ -109,6 +116,16 @@ def wrap_clip_gradients(optimizer, observe) -> None:
 def flatten_layers(layer):
     """Every sublayer of `layer`, recursively (not `layer` itself)."""
     return layer._flatten_layers(include_self=False, recursive=True)
+
+
+def dropout_seed_and_noise_shape(layer, x):
+    """The int32 seed and the concrete mask shape Keras's TensorFlow dropout draws for `layer` (a Dropout) on `x`,
+    advancing the layer's SeedGenerator as that call does (keras.src.backend.tensorflow.random.dropout)."""
+    from keras.src.backend.tensorflow import random as tf_random
+    from keras.src.random.seed_generator import draw_seed
+
+    seed = tf_random._cast_seed(draw_seed(layer.seed_generator))
+    return seed, tf_random._get_concrete_noise_shape(x, layer.noise_shape)
 
 
 def producing_layer(keras_tensor):

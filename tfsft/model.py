@@ -11,6 +11,7 @@ import numpy as np
 
 from tfsft.backbones import is_pretrained
 from tfsft.config import RunConfig
+from tfsft.dropout_gradient import use_closed_form_dropout_gradients
 from tfsft.freezing import FreezePlan
 from tfsft.layer_norm import use_closed_form_gradients
 from tfsft.modalities.base import Modality
@@ -63,6 +64,7 @@ def build_model_and_plan(
     backbone = modality.backbone()
     model = build_model(config, modality, backbone, num_outputs)
     use_closed_form_gradients(model)
+    use_closed_form_dropout_gradients(model)
     plan = FreezePlan(
         config.freeze,
         backbone,
