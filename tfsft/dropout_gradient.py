@@ -15,12 +15,10 @@ replaced, on the instance: config, weights and saved files stay those of a stock
 
 from __future__ import annotations
 
-import types
-
 import keras
 import tensorflow as tf
 
-from tfsft.keras_internals import dropout_seed_and_noise_shape, flatten_layers
+from tfsft.keras_internals import dropout_seed_and_noise_shape, replace_call
 
 
 def _dropout(x: tf.Tensor, rate: float, noise_shape, seed: tf.Tensor) -> tf.Tensor:
@@ -59,9 +57,4 @@ def has_closed_form(layer: keras.layers.Layer) -> bool:
 
 def use_closed_form_dropout_gradients(model: keras.Model) -> int:
     """Give every stock Dropout inside `model` the closed-form gradient; returns how many."""
-    count = 0
-    for layer in flatten_layers(model):
-        if has_closed_form(layer):
-            layer.call = types.MethodType(_call, layer)
-            count += 1
-    return count
+    return replace_call(model, has_closed_form, _call)

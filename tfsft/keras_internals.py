@@ -38,6 +38,7 @@ Inventory (all checked against Keras 3.15):
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,6 +117,18 @@ def wrap_clip_gradients(optimizer, observe) -> None:
 def flatten_layers(layer):
     """Every sublayer of `layer`, recursively (not `layer` itself)."""
     return layer._flatten_layers(include_self=False, recursive=True)
+
+
+def replace_call(model, eligible, call) -> int:
+    """Make `call` the `call` of every sublayer of `model` for which `eligible(layer)` holds, on the instance (class,
+    config and saved files unchanged); returns how many. Keras's `Layer.__call__` looks `call` up on the instance,
+    which is what the closed-form gradients (layer_norm.py, dropout_gradient.py) rely on."""
+    count = 0
+    for layer in flatten_layers(model):
+        if eligible(layer):
+            layer.call = types.MethodType(call, layer)
+            count += 1
+    return count
 
 
 def dropout_seed_and_noise_shape(layer, x):

@@ -13,13 +13,11 @@ weights and saved files stay those of a stock `keras.layers.LayerNormalization`.
 
 from __future__ import annotations
 
-import types
-
 import keras
 import tensorflow as tf
 from keras import ops
 
-from tfsft.keras_internals import flatten_layers
+from tfsft.keras_internals import replace_call
 
 
 def _normalize(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float) -> tf.Tensor:
@@ -77,9 +75,4 @@ def has_closed_form(layer: keras.layers.Layer) -> bool:
 
 def use_closed_form_gradients(model: keras.Model) -> int:
     """Give every eligible layer norm inside `model` the closed-form gradient; returns how many."""
-    count = 0
-    for layer in flatten_layers(model):
-        if has_closed_form(layer):
-            layer.call = types.MethodType(_call, layer)
-            count += 1
-    return count
+    return replace_call(model, has_closed_form, _call)
