@@ -280,8 +280,10 @@ def test_image_end_to_end_with_augmentation(tmp_path, digit_data):
         )
     )
     result = train(config, verbose=0)
-    losses = [e["loss"] for e in result.history]
-    assert losses[-1] < losses[0]
+    # The training loss is measured on mixed-up targets and jumps with each epoch's mixing weights (seen: 0.62 then
+    # 1.24 in consecutive epochs), so learning is judged on the un-augmented validation split instead.
+    val_losses = [e["val_loss"] for e in result.history]
+    assert min(val_losses[1:]) < 0.8 * val_losses[0]
     assert result.metrics["test"]["accuracy"] > 0.6  # 3 classes: chance is 0.33
     assert (result.run_dir / "plots" / "test_confusion_matrix.png").exists()
 
