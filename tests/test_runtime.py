@@ -1,11 +1,13 @@
-"""The CPU runtime choices tfsft makes before TensorFlow loads, and that the test process runs with them."""
+"""The CPU runtime choices tfsft makes before TensorFlow loads, and that the test process runs with them; the graph
+op tracebacks it switches off once TensorFlow is imported."""
 
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from tfsft.runtime import CpuInfo, _onednn_choice, cpu_info
+from tfsft.runtime import CpuInfo, _onednn_choice, _op_traceback_choice, apply_tensorflow_choices, cpu_info
 
 
 def cpu(*flags, machine="x86_64"):
@@ -63,3 +65,61 @@ def test_importing_tfsft_before_tensorflow_switches_onednn_on_for_avx2():
 def test_cpu_description_names_model_and_isa_flags():
     text = cpu("avx2", "fma", "avx512f", "amx_tile").describe()
     assert "test CPU" in text and "avx2" in text and "avx512f" in text and "amx_tile" in text
+
+
+# ----------------------------------------------------------------------------------------- graph op tracebacks
+@pytest.mark.parametrize("value,expected", [(None, "off"), ("0", "off"), ("1", "on"), ("yes", "on")])
+def test_op_tracebacks_are_off_unless_asked_for(value, expected):
+    environ = {} if value is None else {"TFSFT_OP_TRACEBACKS": value}
+    choice = _op_traceback_choice(environ)
+    assert choice.value == expected and choice.reason
+    assert ("set by you" in choice.reason) == (expected == "on")
+
+
+def _gather_graph():
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def gather(ids):
+        return tf.gather(tf.ones([5, 2]), ids)
+
+    return gather
+
+
+def test_ops_built_after_the_choice_carry_no_python_stack_and_errors_still_name_the_op(monkeypatch):
+    import tensorflow as tf
+    from tensorflow.python.framework import ops
+
+    # Start from TensorFlow's own function (a tfsft run earlier in this process applied the choice already); the
+    # module's function as it was comes back after the test.
+    create = ops._create_c_op
+    monkeypatch.setattr(ops, "_create_c_op", create.func if getattr(create, "tfsft_without_tracebacks", 0) else create)
+    on, off = _op_traceback_choice({"TFSFT_OP_TRACEBACKS": "1"}), _op_traceback_choice({})
+    assert apply_tensorflow_choices([on]) is False
+    with_stacks = _gather_graph().get_concrete_function(tf.TensorSpec([None], tf.int32))
+    gather_op = next(op for op in with_stacks.graph.get_operations() if op.type == "GatherV2")
+    assert any("test_runtime.py" in frame.filename for frame in gather_op.traceback)
+
+    assert apply_tensorflow_choices([off]) is True
+    assert apply_tensorflow_choices([off]) is True  # idempotent: not wrapped twice
+    assert ops._create_c_op.func is not ops._create_c_op  # one partial around the original
+    gather = _gather_graph()
+    graph = gather.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph
+    assert all(op.traceback is None for op in graph.get_operations())
+    np.testing.assert_array_equal(gather(tf.constant([0, 4])), np.ones([2, 2]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)GatherV2.*indices\[1\] = 7 is not in \[0, 5\)"):
+        gather(tf.constant([1, 7]))
+
+
+def test_the_keras_import_of_an_entry_point_applies_the_choice():
+    probe = (
+        "from tfsft.cli import prepare_tensorflow_import; prepare_tensorflow_import(); import keras; "
+        "from tensorflow.python.framework import ops; "
+        "print('without', getattr(ops._create_c_op, 'tfsft_without_tracebacks', False))"
+    )
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"}
+    for extra, expected in (({}, "without True"), ({"TFSFT_OP_TRACEBACKS": "1"}, "without False")):
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env={**env, **extra}
+        )
+        assert expected in out.stdout, out.stderr[-2000:]

@@ -32,7 +32,8 @@ Inventory (all checked against Keras 3.15):
   overwritten by its checkpoint).
 - Imported or patched where they are used, listed here so that the version check covers them:
   `keras.src.backend.tensorflow.trainer.reduce_per_replica` / `Model._maybe_symbolic_build` (the multi-worker
-  patches of tfsft/distribute.py).
+  patches of tfsft/distribute.py); TensorFlow's `tensorflow.python.framework.ops._create_c_op` and its
+  `extract_traceback` switch (tfsft/runtime.py: graph ops built without their Python stacks; TensorFlow 2.21).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ PRIVATE_MODULE_NAMES = [
     ("keras.src.random.seed_generator", "draw_seed"),
     ("keras.src.backend.tensorflow.random", "_cast_seed"),
     ("keras.src.backend.tensorflow.random", "_get_concrete_noise_shape"),
+    ("tensorflow.python.framework.ops", "_create_c_op"),
 ]
 
 

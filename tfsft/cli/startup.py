@@ -1,5 +1,6 @@
 """What a process does before its first TensorFlow or Keras import: a quiet start-up, and a lighter `import keras`
-whose objects later garbage collections leave alone.
+whose objects later garbage collections leave alone, right after which tfsft's choices on TensorFlow's Python layer
+apply (`tfsft.runtime.apply_tensorflow_choices`: graph ops built without their Python stacks).
 
 `prepare_tensorflow_import()` is the first call of every tfsft entry point (and of the benchmark workers, which
 measure what the commands do). It must run before TensorFlow or Keras is imported; afterwards it changes nothing
@@ -111,7 +112,8 @@ class _KerasWithoutOptionalImports(_AroundFirstImport):
     """Runs the first `import keras` with the packages in KERAS_EAGER_OPTIONAL_IMPORTS (those not imported yet)
     reported missing, as Python reports a package whose `sys.modules` entry is None; they import normally
     afterwards. In this process `keras.wrappers` and `keras.visualization` then act as if they were not installed.
-    The import runs with garbage collection off, and what it leaves is frozen (see `run`)."""
+    The import runs with garbage collection off, and what it leaves is frozen (see `run`). Then the runtime choices
+    that act on the imported TensorFlow apply (`tfsft.runtime.apply_tensorflow_choices`)."""
 
     name = "keras"
 
@@ -137,6 +139,9 @@ class _KerasWithoutOptionalImports(_AroundFirstImport):
             gc.freeze()
             if collecting:
                 gc.enable()
+        from tfsft.runtime import apply_tensorflow_choices
+
+        apply_tensorflow_choices()  # Keras imported TensorFlow: before any graph is built
 
 
 def _drop_duplicate_tf_handler() -> None:
