@@ -15,6 +15,7 @@ from tfsft.dropout_gradient import use_closed_form_dropout_gradients
 from tfsft.freezing import FreezePlan
 from tfsft.layer_norm import use_closed_form_gradients
 from tfsft.modalities.base import Modality
+from tfsft.softmax_gradient import use_closed_form_softmax_gradients
 from tfsft.task_types import task_type
 
 
@@ -65,6 +66,7 @@ def build_model_and_plan(
     model = build_model(config, modality, backbone, num_outputs)
     use_closed_form_gradients(model)
     use_closed_form_dropout_gradients(model)
+    use_closed_form_softmax_gradients(model)
     plan = FreezePlan(
         config.freeze,
         backbone,

@@ -1,0 +1,121 @@
+"""Masked softmax with its gradient written out (tfsft/softmax_gradient.py): the same outputs and the same gradients
+as Keras's own Softmax, bit for bit, with a smaller training graph."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY_BERT
+from tfsft.softmax_gradient import use_closed_form_softmax_gradients
+
+
+def _pair(axis=-1, dtype=None):
+    """Two Softmax layers: stock, and one given the closed form."""
+    layers = [keras.layers.Softmax(axis=axis, dtype=dtype) for _ in range(2)]
+    assert use_closed_form_softmax_gradients(keras.Sequential([keras.Input((3, 4, 6)), layers[1]])) == 1
+    return layers
+
+
+def _outputs_and_gradient(layer, x, mask, weights, eager):
+    def run(x, mask):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, mask=mask)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
+        return y, tape.gradient(loss, x)
+
+    if eager:
+        return run(x, mask)
+    unknown = [tf.TensorSpec([None] * 4, x.dtype), tf.TensorSpec([None, 1, None, None], mask.dtype)]
+    return tf.function(run, input_signature=unknown)(x, mask)
+
+
+def _mask(dtype):
+    mask = np.random.default_rng(1).random((2, 1, 4, 6)) > 0.4
+    mask[0, 0, 1, :] = False  # a row masked entirely: Keras outputs zeros there
+    mask[1, 0, 2, :] = True
+    return tf.constant(mask.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("mask_dtype", ["bool", "float32"])
+@pytest.mark.parametrize("eager", [False, True], ids=["traced", "eager"])
+def test_same_outputs_and_gradients_bit_for_bit(dtype, mask_dtype, eager):
+    stock, ours = _pair(dtype=dtype)
+    rng = np.random.default_rng(0)
+    x = tf.constant((rng.normal(size=(2, 3, 4, 6)) * 3).astype(dtype))
+    weights = tf.constant(rng.normal(size=(2, 3, 4, 6)).astype("float32"))
+    mask = _mask(mask_dtype)
+    y_stock, g_stock = _outputs_and_gradient(stock, x, mask, weights, eager)
+    y_ours, g_ours = _outputs_and_gradient(ours, x, mask, weights, eager)
+    assert y_ours.dtype == y_stock.dtype
+    np.testing.assert_array_equal(y_ours.numpy(), y_stock.numpy())
+    np.testing.assert_array_equal(g_ours.numpy(), g_stock.numpy())
+    dropped = np.broadcast_to(~_mask("bool").numpy(), x.shape)
+    assert (g_ours.numpy()[dropped] == 0).all() and (g_ours.numpy()[~dropped] != 0).mean() > 0.9
+    assert (y_ours.numpy()[0, :, 1, :] == 0).all()  # the fully masked row
+
+
+def test_without_a_mask_or_over_another_axis_it_is_keras_call():
+    x = tf.constant(np.random.default_rng(3).normal(size=(2, 3, 4, 6)).astype("float32"))
+    stock, ours = _pair()
+    np.testing.assert_array_equal(ours(x).numpy(), stock(x).numpy())
+    stock, ours = _pair(axis=1)
+    mask = tf.constant(np.random.default_rng(4).random((2, 3, 4, 6)) > 0.3)
+    np.testing.assert_array_equal(ours(x, mask=mask).numpy(), stock(x, mask=mask).numpy())
+
+
+def _tiny_bert_step(closed_form: bool):
+    import keras_hub
+
+    # Same weights and seed-generator states for both. With dropout, Keras's attention takes the explicit path
+    # through its Softmax layer (without, `ops.dot_product_attention`).
+    keras.utils.set_random_seed(5)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=100, **{**TINY_BERT["kwargs"], "dropout": 0.1})
+    count = use_closed_form_softmax_gradients(backbone) if closed_form else 0
+    rng = np.random.default_rng(2)
+    ids = rng.integers(5, 100, size=(4, 12)).astype("int32")
+    padding = np.ones_like(ids)
+    padding[1, 7:] = padding[3, 4:] = 0  # padded rows: the attention mask drops their keys
+    batch = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": padding}
+    head = tf.constant(rng.normal(size=(32,)), tf.float32)
+
+    # Batch and length unknown, as in training on length-bucketed batches.
+    @tf.function(input_signature=[{name: tf.TensorSpec([None, None], tf.int32) for name in batch}])
+    def step(batch):
+        with tf.GradientTape() as tape:
+            out = backbone(batch, training=True)
+            loss = tf.reduce_sum(out["sequence_output"] * head)
+        return loss, tape.gradient(loss, backbone.trainable_variables)
+
+    loss, grads = step(batch)
+    nodes = len(step.get_concrete_function().graph.as_graph_def().node)
+    return count, backbone, loss, grads, nodes
+
+
+def test_a_bert_backbone_trains_with_closed_form_attention_softmaxes_the_same_gradients_and_fewer_nodes():
+    _, stock, loss_stock, grads_stock, nodes_stock = _tiny_bert_step(closed_form=False)
+    count, ours, loss_ours, grads_ours, nodes_ours = _tiny_bert_step(closed_form=True)
+    assert count == TINY_BERT["kwargs"]["num_layers"]  # one per attention layer
+    assert float(loss_ours) == float(loss_stock)
+    compared = 0
+    for g_stock, g_ours in zip(grads_stock, grads_ours):
+        assert (g_ours is None) == (g_stock is None)
+        if g_stock is not None:  # the pooler is not in this loss
+            np.testing.assert_array_equal(tf.convert_to_tensor(g_ours).numpy(), tf.convert_to_tensor(g_stock).numpy())
+            compared += 1
+    assert compared >= len(ours.trainable_variables) - 2
+    assert nodes_ours <= nodes_stock - 15 * count, (nodes_stock, nodes_ours)
+
+
+def test_saved_model_file_holds_stock_softmaxes(tmp_path):
+    inputs = keras.Input((4, 6))
+    model = keras.Model(inputs, keras.layers.Softmax(name="probs")(keras.layers.Dense(6)(inputs)))
+    assert use_closed_form_softmax_gradients(model) == 1
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert type(loaded.get_layer("probs")) is keras.layers.Softmax
+    assert "call" not in loaded.get_layer("probs").__dict__
