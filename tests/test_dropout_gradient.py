@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from closed_form_support import assert_same_loss_and_gradients, tiny_bert_step
 from conftest import TINY_BERT
 from tfsft.dropout_gradient import use_closed_form_dropout_gradients
 
@@ -58,46 +59,16 @@ def test_inference_rate_zero_and_rate_one_behave_as_keras():
     np.testing.assert_array_equal(all_(x, training=True).numpy(), np.zeros_like(x.numpy()))
 
 
-def _tiny_bert_step(closed_form: bool):
-    import keras_hub
-
-    keras.utils.set_random_seed(5)  # same weights and the same seed-generator states for both backbones
-    backbone = keras_hub.models.BertBackbone(vocabulary_size=100, **{**TINY_BERT["kwargs"], "dropout": 0.2})
-    count = use_closed_form_dropout_gradients(backbone) if closed_form else 0
-    rng = np.random.default_rng(2)
-    ids = rng.integers(5, 100, size=(4, 12)).astype("int32")
-    batch = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": np.ones_like(ids)}
-    head = tf.constant(rng.normal(size=(32,)), tf.float32)
-
-    # Batch and length unknown, as in training on length-bucketed batches.
-    @tf.function(input_signature=[{name: tf.TensorSpec([None, None], tf.int32) for name in batch}])
-    def step(batch):
-        with tf.GradientTape() as tape:
-            out = backbone(batch, training=True)
-            loss = tf.reduce_sum(out["sequence_output"] * head)
-        return loss, tape.gradient(loss, backbone.trainable_variables)
-
-    loss, grads = step(batch)
-    nodes = len(step.get_concrete_function().graph.as_graph_def().node)
-    return count, backbone, loss, grads, nodes
-
-
 def test_a_bert_backbone_trains_with_every_dropout_closed_form_the_same_gradients_and_fewer_nodes():
-    _, stock, loss_stock, grads_stock, nodes_stock = _tiny_bert_step(closed_form=False)
-    count, ours, loss_ours, grads_ours, nodes_ours = _tiny_bert_step(closed_form=True)
-    dropouts = [layer for layer in ours._flatten_layers(include_self=False) if type(layer) is keras.layers.Dropout]
+    stock = tiny_bert_step(dropout=0.2)
+    ours = tiny_bert_step(use_closed_form_dropout_gradients, dropout=0.2)
+    count, backbone, nodes_stock, nodes_ours = ours[0], ours[1], stock[4], ours[4]
+    dropouts = [layer for layer in backbone._flatten_layers(include_self=False) if type(layer) is keras.layers.Dropout]
     # embeddings, and per encoder layer: attention probabilities (inside the attention layer), attention output,
     # feedforward output
     assert count == len(dropouts) == 1 + 3 * TINY_BERT["kwargs"]["num_layers"]
     assert all("call" in layer.__dict__ for layer in dropouts)
-    assert float(loss_ours) == float(loss_stock)
-    compared = 0
-    for g_stock, g_ours in zip(grads_stock, grads_ours):
-        assert (g_ours is None) == (g_stock is None)
-        if g_stock is not None:  # the pooler is not in this loss
-            np.testing.assert_array_equal(tf.convert_to_tensor(g_ours).numpy(), tf.convert_to_tensor(g_stock).numpy())
-            compared += 1
-    assert compared >= len(ours.trainable_variables) - 2
+    assert_same_loss_and_gradients(stock, ours)
     assert nodes_ours <= nodes_stock - 8 * count  # ~14 backward nodes per dropout become 2 (+ the gradient's wrapper)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from closed_form_support import assert_same_loss_and_gradients, tiny_bert_step
 from conftest import TINY_BERT
 from tfsft.softmax_gradient import use_closed_form_softmax_gradients
 
@@ -68,46 +69,14 @@ def test_without_a_mask_or_over_another_axis_it_is_keras_call():
     np.testing.assert_array_equal(ours(x, mask=mask).numpy(), stock(x, mask=mask).numpy())
 
 
-def _tiny_bert_step(closed_form: bool):
-    import keras_hub
-
-    # Same weights and seed-generator states for both. With dropout, Keras's attention takes the explicit path
-    # through its Softmax layer (without, `ops.dot_product_attention`).
-    keras.utils.set_random_seed(5)
-    backbone = keras_hub.models.BertBackbone(vocabulary_size=100, **{**TINY_BERT["kwargs"], "dropout": 0.1})
-    count = use_closed_form_softmax_gradients(backbone) if closed_form else 0
-    rng = np.random.default_rng(2)
-    ids = rng.integers(5, 100, size=(4, 12)).astype("int32")
-    padding = np.ones_like(ids)
-    padding[1, 7:] = padding[3, 4:] = 0  # padded rows: the attention mask drops their keys
-    batch = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": padding}
-    head = tf.constant(rng.normal(size=(32,)), tf.float32)
-
-    # Batch and length unknown, as in training on length-bucketed batches.
-    @tf.function(input_signature=[{name: tf.TensorSpec([None, None], tf.int32) for name in batch}])
-    def step(batch):
-        with tf.GradientTape() as tape:
-            out = backbone(batch, training=True)
-            loss = tf.reduce_sum(out["sequence_output"] * head)
-        return loss, tape.gradient(loss, backbone.trainable_variables)
-
-    loss, grads = step(batch)
-    nodes = len(step.get_concrete_function().graph.as_graph_def().node)
-    return count, backbone, loss, grads, nodes
-
-
 def test_a_bert_backbone_trains_with_closed_form_attention_softmaxes_the_same_gradients_and_fewer_nodes():
-    _, stock, loss_stock, grads_stock, nodes_stock = _tiny_bert_step(closed_form=False)
-    count, ours, loss_ours, grads_ours, nodes_ours = _tiny_bert_step(closed_form=True)
+    # With dropout, Keras's attention takes the explicit path through its Softmax layer (without it,
+    # `ops.dot_product_attention`); padded rows give the mask something to drop.
+    stock = tiny_bert_step(dropout=0.1, padded=True)
+    ours = tiny_bert_step(use_closed_form_softmax_gradients, dropout=0.1, padded=True)
+    count, nodes_stock, nodes_ours = ours[0], stock[4], ours[4]
     assert count == TINY_BERT["kwargs"]["num_layers"]  # one per attention layer
-    assert float(loss_ours) == float(loss_stock)
-    compared = 0
-    for g_stock, g_ours in zip(grads_stock, grads_ours):
-        assert (g_ours is None) == (g_stock is None)
-        if g_stock is not None:  # the pooler is not in this loss
-            np.testing.assert_array_equal(tf.convert_to_tensor(g_ours).numpy(), tf.convert_to_tensor(g_stock).numpy())
-            compared += 1
-    assert compared >= len(ours.trainable_variables) - 2
+    assert_same_loss_and_gradients(stock, ours)
     assert nodes_ours <= nodes_stock - 15 * count, (nodes_stock, nodes_ours)
 
 
