@@ -117,3 +117,15 @@ def test_tensorflow_variable_method_exists(name):
     from keras.src.backend.tensorflow.core import Variable
 
     assert callable(getattr(Variable, name, None)), f"Variable.{name} is gone from Keras {keras.__version__}"
+
+
+def test_the_eager_context_keeps_the_config_function_calls_are_made_with():
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    assert ctx._config is None or isinstance(ctx._config, config_pb2.ConfigProto)
+    assert hasattr(ctx._thread_local_data, "function_call_options")
+    ours = config_pb2.ConfigProto.FromString(ctx.function_call_options.config_proto_serialized)
+    # `config` (what each thread's options are made from) starts from `_config`: runtime.py's settings reach it
+    assert ours.graph_options.rewrite_options == ctx.config.graph_options.rewrite_options

@@ -1,5 +1,5 @@
 """The CPU runtime choices tfsft makes before TensorFlow loads, and that the test process runs with them; the graph
-op tracebacks it switches off once TensorFlow is imported."""
+op tracebacks it switches off and grappler's one round, once TensorFlow is imported."""
 
 import subprocess
 import sys
@@ -7,7 +7,15 @@ import sys
 import numpy as np
 import pytest
 
-from tfsft.runtime import CpuInfo, _onednn_choice, _op_traceback_choice, apply_tensorflow_choices, cpu_info
+from tfsft.runtime import (
+    GRAPH_OPTIMIZATION,
+    OP_TRACEBACKS,
+    CpuInfo,
+    _onednn_choice,
+    _op_traceback_choice,
+    apply_tensorflow_choices,
+    cpu_info,
+)
 
 
 def cpu(*flags, machine="x86_64"):
@@ -95,13 +103,13 @@ def test_ops_built_after_the_choice_carry_no_python_stack_and_errors_still_name_
     create = ops._create_c_op
     monkeypatch.setattr(ops, "_create_c_op", create.func if getattr(create, "tfsft_without_tracebacks", 0) else create)
     on, off = _op_traceback_choice({"TFSFT_OP_TRACEBACKS": "1"}), _op_traceback_choice({})
-    assert apply_tensorflow_choices([on]) is False
+    assert apply_tensorflow_choices([on]) == {OP_TRACEBACKS: False, GRAPH_OPTIMIZATION: False}
     with_stacks = _gather_graph().get_concrete_function(tf.TensorSpec([None], tf.int32))
     gather_op = next(op for op in with_stacks.graph.get_operations() if op.type == "GatherV2")
     assert any("test_runtime.py" in frame.filename for frame in gather_op.traceback)
 
-    assert apply_tensorflow_choices([off]) is True
-    assert apply_tensorflow_choices([off]) is True  # idempotent: not wrapped twice
+    assert apply_tensorflow_choices([off])[OP_TRACEBACKS] is True
+    assert apply_tensorflow_choices([off])[OP_TRACEBACKS] is True  # idempotent: not wrapped twice
     assert ops._create_c_op.func is not ops._create_c_op  # one partial around the original
     gather = _gather_graph()
     graph = gather.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph
@@ -123,3 +131,37 @@ def test_the_keras_import_of_an_entry_point_applies_the_choice():
             [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env={**env, **extra}
         )
         assert expected in out.stdout, out.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------- graph optimization
+
+
+def test_graph_optimization_is_one_round_unless_the_user_keeps_tensorflows_default():
+    from tfsft.runtime import ONE_ROUND, _graph_optimization_choice
+
+    choice = _graph_optimization_choice({})
+    assert choice.value == ONE_ROUND and "1.15-1.42 s" in choice.reason
+    kept = _graph_optimization_choice({"TFSFT_GRAPH_OPTIMIZATION": "default"})
+    assert kept.value == "TensorFlow's default" and "set by you" in kept.reason
+
+
+def test_functions_an_entry_point_runs_are_optimized_in_one_round_on_a_cpu():
+    probe = (
+        "from tfsft.cli import prepare_tensorflow_import; prepare_tensorflow_import(); import keras, threading; "
+        "import tensorflow as tf; from tensorflow.python.eager import context; "
+        "from tensorflow.core.protobuf import config_pb2; "
+        "show = lambda: print('rewrite', config_pb2.ConfigProto.FromString("
+        "context.context().function_call_options.config_proto_serialized).graph_options.rewrite_options); "
+        "show(); t = threading.Thread(target=show); t.start(); t.join(); "  # a thread started later: the same
+        "print('answer', float(tf.function(lambda x: tf.reduce_sum(x * 2.0))(tf.ones([3]))))"
+    )
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
+    for extra, one_round in (({}, True), ({"TFSFT_GRAPH_OPTIMIZATION": "default"}, False)):
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env={**env, **extra}
+        )
+        assert "answer 6.0" in out.stdout, out.stderr[-2000:]
+        shown = [line for line in out.stdout.splitlines() if not line.startswith("answer")]
+        settings = ("meta_optimizer_iterations: ONE", "memory_optimization: NO_MEM_OPT", "layout_optimizer: OFF")
+        for setting in (*settings, "disable_tfg_optimizer: true"):
+            assert (out.stdout.count(setting) == 2) == one_round, (extra, shown)

@@ -33,7 +33,9 @@ Inventory (all checked against Keras 3.15):
 - Imported or patched where they are used, listed here so that the version check covers them:
   `keras.src.backend.tensorflow.trainer.reduce_per_replica` / `Model._maybe_symbolic_build` (the multi-worker
   patches of tfsft/distribute.py); TensorFlow's `tensorflow.python.framework.ops._create_c_op` and its
-  `extract_traceback` switch (tfsft/runtime.py: graph ops built without their Python stacks; TensorFlow 2.21).
+  `extract_traceback` switch (tfsft/runtime.py: graph ops built without their Python stacks; TensorFlow 2.21), and
+  the eager context's `_config` and per-thread `_thread_local_data.function_call_options` (tfsft/runtime.py:
+  grappler's settings for every function call; checked in tests/test_keras_internals.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """What a process does before its first TensorFlow or Keras import: a quiet start-up, and a lighter `import keras`
 whose objects later garbage collections leave alone, right after which tfsft's choices on TensorFlow's Python layer
-apply (`tfsft.runtime.apply_tensorflow_choices`: graph ops built without their Python stacks).
+apply (`tfsft.runtime.apply_tensorflow_choices`: graph ops built without their Python stacks, grappler in one
+round on CPUs).
 
 `prepare_tensorflow_import()` is the first call of every tfsft entry point (and of the benchmark workers, which
 measure what the commands do). It must run before TensorFlow or Keras is imported; afterwards it changes nothing

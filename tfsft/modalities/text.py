@@ -18,6 +18,7 @@ from tfsft.errors import DataError
 from tfsft.layers import SequencePooling
 from tfsft.modalities.base import CacheFills, Modality, SignatureSpecs, table_records, without_autotune_thread
 from tfsft.paths import resolve
+from tfsft.ragged import unvalidated_ragged_tensors
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,13 @@ class TextModality(Modality):
 
     def tokenize(self, features: dict) -> dict:
         """Batch of raw strings -> fixed-length token_ids / segment_ids / padding_mask (max_length)."""
-        segments = [self.tokenizer(features["text"])]
-        if "text_pair" in features:
-            segments.append(self.tokenizer(features["text_pair"]))
-        token_ids, segment_ids = self.packer(tuple(segments) if len(segments) > 1 else segments[0])
-        packed = {
-            "token_ids": token_ids,
-            "segment_ids": segment_ids,
-            "padding_mask": tf.cast(token_ids != self.tokenizer.pad_token_id, tf.int32),
-        }
+        with unvalidated_ragged_tensors():  # the tokenizer's splits come from TF Text's kernels: see tfsft/ragged.py
+            segments = [self.tokenizer(features["text"])]
+            if "text_pair" in features:
+                segments.append(self.tokenizer(features["text_pair"]))
+            token_ids, segment_ids = self.packer(tuple(segments) if len(segments) > 1 else segments[0])
+        padding_mask = tf.cast(token_ids != self.tokenizer.pad_token_id, tf.int32)
+        packed = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
         return {name: packed[name] for name in self.input_names}
 
     # ------------------------------------------------------------------------------------- tf.data
