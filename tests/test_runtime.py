@@ -143,6 +143,9 @@ def test_graph_optimization_is_one_round_unless_the_user_keeps_tensorflows_defau
     assert choice.value == ONE_ROUND and "1.15-1.42 s" in choice.reason
     kept = _graph_optimization_choice({"TFSFT_GRAPH_OPTIMIZATION": "default"})
     assert kept.value == "TensorFlow's default" and "set by you" in kept.reason
+    typo = _graph_optimization_choice({"TFSFT_GRAPH_OPTIMIZATION": "defualt"})
+    assert typo.value == ONE_ROUND and typo.reason.startswith("TFSFT_GRAPH_OPTIMIZATION=defualt is not a value")
+    assert "not a value" not in _graph_optimization_choice({"TFSFT_GRAPH_OPTIMIZATION": "auto"}).reason
 
 
 def test_functions_an_entry_point_runs_are_optimized_in_one_round_on_a_cpu():
