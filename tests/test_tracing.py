@@ -1,5 +1,5 @@
 """Work done once per run before the first step stays done once: the train step is traced a single time over every
-length bucket and epoch, and the tokenizer graph is traced a single time for every tf.data pipeline of a run.
+batch length and epoch, and the tokenizer graph is traced a single time for every tf.data pipeline of a run.
 
 Each extra trace of a MiniLM train step costs seconds of one core before training starts (the issue-10 profile:
 a lazily built F1 metric made TensorFlow trace the whole step twice)."""

@@ -262,12 +262,21 @@ def tunable_field_problem(dotted: str) -> str | None:
     return None
 
 
+# Keys earlier versions accepted: what replaced them, for the error a config written for those versions meets.
+RETIRED_KEYS = {
+    "text.bucket_boundaries": "training batches are now grouped by length in windows of the shuffled stream, "
+    "without boundaries (`text.length_grouping`: batches per window, 50; 1 = plain shuffled batches). Delete the key.",
+}
+
+
 def _describe(error: ErrorDetails) -> str:
     loc = tuple(error["loc"])
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     kind = error["type"]
     received = error.get("input")
     if kind == "extra_forbidden":
+        if dotted in RETIRED_KEYS:
+            return f"'{dotted}' is no longer a config key: {RETIRED_KEYS[dotted]}"
         parent = _model_at(loc[:-1], RunConfig)
         valid = sorted(parent.model_fields) if parent else []
         guess = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)

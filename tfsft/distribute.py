@@ -105,7 +105,7 @@ def set_precision(cfg: DistributeConfig) -> str:
 def distribute_global_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
     """Split each global batch of `dataset` across the replicas, keeping its examples together.
 
-    TensorFlow's own `experimental_distribute_dataset` cannot split a length-bucketed stream (its batch size is
+    TensorFlow's own `experimental_distribute_dataset` cannot split a length-grouped stream (its batch size is
     not static): it rewrites the batching to per-replica sizes, so one optimizer step would mix examples of
     different global batches and runs would stop matching a one-device run. Here every input pipeline builds
     the same seeded global batches and keeps its replicas' slices, in replica order. Pass a stream without

@@ -66,10 +66,13 @@ class DataConfig(Section):
 # ----------------------------------------------------------------------------------------- text / image
 class TextConfig(Section):
     max_length: int = Field(128, ge=8, le=4096)
-    bucket_boundaries: list[int] = Field(
-        [16, 32, 48, 64, 96, 128, 192, 256, 384, 512],
-        description="Training batches group examples whose lengths fall between the same two boundaries; every batch "
-        "is then padded only to its own longest sequence (rounded up to 8).",
+    length_grouping: int = Field(
+        50,
+        ge=1,
+        description="Training batches of texts of similar length: the shuffled stream is cut into windows of this "
+        "many batches, each sorted by token length, cut into batches and shuffled (whole batches) within the window; "
+        "each batch is then padded only to its own longest text (rounded up to 4). Every example is still seen once "
+        "per epoch. 1 = plain shuffled batches.",
     )
     vocabulary: str | None = Field(
         None, description="vocab.txt for backbones built from config; 'learn' builds a WordPiece vocabulary from train."
