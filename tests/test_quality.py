@@ -63,6 +63,9 @@ def test_huge_alpha_keeps_the_backbone_at_w0_while_the_head_learns(tmp_path, tex
                     regularization=regularization,
                     freeze={"backbone_lr_factor": 0.1},
                     training={"epochs": 2, "early_stopping": {"enabled": False}},
+                    # Plain shuffled batches: the keyword texts' length follows their label, so length-grouped
+                    # batches of this tiny split are near single-class and the head's updates partly cancel.
+                    text={"length_grouping": 1},
                 )
             ),
             "never",

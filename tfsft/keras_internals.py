@@ -11,7 +11,7 @@ Inventory (all checked against Keras 3.15):
 - Optimizer: `_var_key` (a variable's stable key, the same for every replica of a distributed variable),
   `_use_weight_decay`, `_exclude_from_weight_decay` / `_exclude_from_weight_decay_cache` (adding exclusions),
   `_learning_rate` (the schedule object behind the `learning_rate` property), `_clip_gradients` (wrapped by the
-  gradient-norm probe of step_logging).
+  gradient-norm probe of step_logging, overridden for `global_clipnorm`: `SinglePassGlobalNormClipping`).
 - Overridden optimizer methods: `_apply_weight_decay` (decoupled decay at each variable's own learning rate:
   `PerVariableWeightDecay`) and `_backend_update_step` with `_get_variable_index`, `_momentums`,
   `_velocities` (the fused Adam kernel: `FusedAdamUpdate`).
@@ -48,6 +48,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras import ops
+
+from tfsft.clipping import dense_rows, global_norm
 
 CHECKED_AGAINST = "3.15"  # major.minor of the Keras every name below was read against
 
@@ -185,6 +187,39 @@ class PerVariableWeightDecay:
                     factors[key] = (ops.cast(self.weight_decay, variable.dtype), lr)
                 decay, lr = factors[key]
                 variable.assign_sub(variable * decay * lr)
+
+
+class SinglePassGlobalNormClipping:
+    """Mixin for Keras optimizers: `global_clipnorm` with Keras's formula, in fewer passes over the gradients.
+
+    Keras squares every gradient into a temporary, sums it, and multiplies by the scale; an embedding's sparse
+    gradient is made dense (30,522 x 384 floats for MiniLM) for all three. Here each norm is one `L2Loss` pass
+    (`global_norm`), and a sparse gradient stays sparse, its rows summed per index and scaled (the fused Adam
+    update makes it dense once). The scale is Keras's: clip_norm * min(1 / norm, 1 / clip_norm), NaN when the
+    norm is not finite. The norm is the dense gradient's, as PyTorch's `clip_grad_norm_` takes it; Keras squares a
+    sparse gradient's rows before summing the rows of the same index, so for an embedding row used twice in a
+    batch it counts g1² + g2² where this counts (g1 + g2)². tests/test_fused_adam.py compares the updates with
+    Keras's own clipping of the dense gradients.
+    """
+
+    global_clipnorm: Any  # Keras's attribute, declared for the type checker
+
+    def _clip_gradients(self, grads):
+        if not (self.global_clipnorm and self.global_clipnorm > 0):
+            return super()._clip_gradients(grads)  # type: ignore[misc]
+        norm = global_norm(grads)  # before dense_rows below: the same ops as the gradient-norm probe's, merged
+        grads = [dense_rows(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        scale = self.global_clipnorm * tf.minimum(1.0 / norm, 1.0 / self.global_clipnorm) + (norm - norm)
+
+        def scaled(gradient):
+            if gradient is None:
+                return None
+            if isinstance(gradient, tf.IndexedSlices):
+                values = gradient.values * tf.cast(scale, gradient.values.dtype)
+                return tf.IndexedSlices(values, gradient.indices, gradient.dense_shape)
+            return gradient * tf.cast(scale, gradient.dtype)
+
+        return [scaled(g) for g in grads]
 
 
 class FusedAdamUpdate:

@@ -10,24 +10,33 @@ from __future__ import annotations
 import keras
 
 from tfsft.config import OptimizerConfig
-from tfsft.keras_internals import FusedAdamUpdate, PerVariableWeightDecay, add_weight_decay_exclusions
+from tfsft.keras_internals import (
+    FusedAdamUpdate,
+    PerVariableWeightDecay,
+    SinglePassGlobalNormClipping,
+    add_weight_decay_exclusions,
+)
 from tfsft.learning_rate import ScaledLearningRates, WarmupDecay, unwrapped
 
 __all__ = ["Adam", "AdamW", "SGD", "WarmupDecay", "build_optimizer", "exclude_from_weight_decay", "unwrapped"]
 
 
 @keras.saving.register_keras_serializable(package="tfsft")
-class AdamW(ScaledLearningRates, PerVariableWeightDecay, FusedAdamUpdate, keras.optimizers.AdamW):
+class AdamW(
+    ScaledLearningRates, PerVariableWeightDecay, SinglePassGlobalNormClipping, FusedAdamUpdate, keras.optimizers.AdamW
+):
     pass
 
 
 @keras.saving.register_keras_serializable(package="tfsft")
-class Adam(ScaledLearningRates, PerVariableWeightDecay, FusedAdamUpdate, keras.optimizers.Adam):
+class Adam(
+    ScaledLearningRates, PerVariableWeightDecay, SinglePassGlobalNormClipping, FusedAdamUpdate, keras.optimizers.Adam
+):
     pass
 
 
 @keras.saving.register_keras_serializable(package="tfsft")
-class SGD(ScaledLearningRates, PerVariableWeightDecay, keras.optimizers.SGD):
+class SGD(ScaledLearningRates, PerVariableWeightDecay, SinglePassGlobalNormClipping, keras.optimizers.SGD):
     pass
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from tfsft.clipping import global_norm
 from tfsft.config import LoggingConfig
 from tfsft.keras_internals import wrap_clip_gradients
 from tfsft.learning_rate import get_lr, unwrapped
@@ -43,9 +44,10 @@ class GradientNormProbe:
         self.count = tf.Variable(0.0, trainable=False, dtype=tf.float32, aggregation=aggregation)
 
         def observe(grads):
-            present = [tf.cast(g, tf.float32) for g in grads if g is not None]
-            if present:
-                self.total.assign_add(tf.linalg.global_norm(present))
+            if any(g is not None for g in grads):
+                # The same ops on the same tensors as global-norm clipping's (keras_internals.global_norm): grappler
+                # merges the two, so logging the norm of a clipped run costs nothing more.
+                self.total.assign_add(global_norm(grads))
                 self.count.assign_add(1.0)
 
         wrap_clip_gradients(unwrapped(optimizer), observe)

@@ -78,12 +78,18 @@ class Modality(ABC):
         """
 
     def epochs(
-        self, examples: tf.data.Dataset, count: int, training: bool, cache: bool, cache_fills: CacheFills | None
+        self,
+        examples: tf.data.Dataset,
+        count: int,
+        training: bool,
+        cache: bool,
+        cache_fills: CacheFills | None,
+        each_epoch=None,
     ) -> tf.data.Dataset:
         """The `count` examples of a split (one element each, not yet batched), kept in memory after their first
-        pass if `cache`; training: as `shuffled_epochs`. When the shuffle buffer takes the whole split, the
-        first batch needs every example tokenized or decoded: the cache then goes to `cache_fills`, which the
-        trainer fills while the first step is traced, instead of after."""
+        pass if `cache`; training: as `shuffled_epochs` (with its `each_epoch`). When the shuffle buffer takes the
+        whole split, the first batch needs every example tokenized or decoded: the cache then goes to
+        `cache_fills`, which the trainer fills while the first step is traced, instead of after."""
         if cache:
             examples = examples.cache()
         if not training:
@@ -91,7 +97,7 @@ class Modality(ABC):
         buffer = min(self.config.data.shuffle_buffer, count)
         if cache and cache_fills is not None and buffer == count:
             cache_fills.add(examples)
-        return shuffled_epochs(examples, buffer, self.config.seed)
+        return shuffled_epochs(examples, buffer, self.config.seed, each_epoch)
 
     @abstractmethod
     def evaluation_order(self, records: Records, block: int | None = None) -> np.ndarray:
@@ -208,12 +214,13 @@ def table_records(
     return Records(inputs=inputs, labels=labels, rows=numbers, source=path)
 
 
-def shuffled_epochs(dataset: tf.data.Dataset, buffer_size: int, seed: int) -> tf.data.Dataset:
+def shuffled_epochs(dataset: tf.data.Dataset, buffer_size: int, seed: int, each_epoch=None) -> tf.data.Dataset:
     """An endless stream of `dataset`, reshuffled every epoch with the seed `seed + epoch`.
 
     The order is a pure function of (seed, epoch): it does not depend on how many iterators were opened on the
     dataset before (tf.data's `reshuffle_each_iteration` does), so a resumed run, a run on several replicas and a
-    one-device run all see the same examples in the same order.
+    one-device run all see the same examples in the same order. `each_epoch(shuffled, epoch)`, if given, turns
+    each epoch's shuffled examples into the elements streamed for it (text: its length-grouped batches).
     """
 
     def one_epoch(epoch):
@@ -223,7 +230,8 @@ def shuffled_epochs(dataset: tf.data.Dataset, buffer_size: int, seed: int) -> tf
             # tensor op seed that asks a symbolic tensor for its truth value and fails. A non-zero graph-level
             # seed, local to this function, sidesteps it; the order stays a pure function of (seed, epoch).
             graph.seed = 2**31 - 2
-        return dataset.shuffle(buffer_size, seed=tf.cast(epoch, tf.int64) + seed, reshuffle_each_iteration=False)
+        shuffled = dataset.shuffle(buffer_size, seed=tf.cast(epoch, tf.int64) + seed, reshuffle_each_iteration=False)
+        return shuffled if each_epoch is None else each_epoch(shuffled, epoch)
 
     return tf.data.Dataset.range(2**62).flat_map(one_epoch)
 

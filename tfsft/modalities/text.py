@@ -226,13 +226,15 @@ class TextModality(Modality):
         # The functions given to tf.data are plain TensorFlow: AutoGraph's conversion would only cost start-up time.
         no_autograph = tf.autograph.experimental.do_not_convert
         tokenized = self._tokenized(records, targets)
-        ds = self.epochs(tokenized, len(records), training, self.config.data.cache, cache_fills)
         if training:
-            ds = length_grouped_batches(
-                ds, batch_size, self.config.text.length_grouping, self.config.seed, no_autograph(self._lengths)
-            )
+
+            def length_grouped(shuffled, epoch):
+                grouping = self.config.text.length_grouping
+                return length_grouped_batches(shuffled, batch_size, grouping, self.config.seed, self._lengths, epoch)
+
+            ds = self.epochs(tokenized, len(records), True, self.config.data.cache, cache_fills, length_grouped)
         else:
-            ds = ds.batch(batch_size)
+            ds = self.epochs(tokenized, len(records), False, self.config.data.cache, cache_fills).batch(batch_size)
         return without_autotune_thread(ds.map(no_autograph(self._trim), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE))
 
     # ------------------------------------------------------------------------------------- serving
