@@ -25,7 +25,7 @@ def tiny_bert_step(use_closed_form=None, dropout: float = 0.1, padded: bool = Fa
     batch = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": padding}
     head = tf.constant(rng.normal(size=(32,)), tf.float32)
 
-    # Batch and length unknown, as in training on length-bucketed batches.
+    # Batch and length unknown, as in training on length-grouped batches.
     @tf.function(input_signature=[{name: tf.TensorSpec([None, None], tf.int32) for name in batch}])
     def step(batch):
         with tf.GradientTape() as tape:

@@ -95,7 +95,7 @@ def test_text_onnx_answers_client_tokenized_inputs_like_keras(tmp_path, text_run
     config, _, model = load_run(text_run)
     np.testing.assert_allclose(got, np.asarray(model(feed, training=False)), atol=TOLERANCE)
 
-    # ... and the same answers as the run's own (bucket-trimmed) evaluation pipeline.
+    # ... and the same answers as the run's own (length-trimmed) evaluation pipeline.
     modality = get_modality(config)
     records = Records({"text": texts}, ["positive"] * len(texts), list(range(len(texts))), "inline")
     modality.prepare(records, text_run)
