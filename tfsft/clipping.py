@@ -2,7 +2,7 @@
 
 Used by global-norm clipping (tfsft.keras_internals.SinglePassGlobalNormClipping, which overrides Keras's private
 `_clip_gradients`) and by the gradient-norm probe of step_logging: both build the same ops on the same gradients,
-which grappler then computes once.
+which grappler's duplicate-computation pass can merge (not checked on the optimized graph).
 """
 
 from __future__ import annotations

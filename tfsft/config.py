@@ -264,8 +264,9 @@ def tunable_field_problem(dotted: str) -> str | None:
 
 # Keys earlier versions accepted: what replaced them, for the error a config written for those versions meets.
 RETIRED_KEYS = {
-    "text.bucket_boundaries": "training batches are now grouped by length in windows of the shuffled stream, "
-    "without boundaries (`text.length_grouping`: batches per window, 50; 1 = plain shuffled batches). Delete the key.",
+    "text.bucket_boundaries": "training batches are now grouped by length in windows of each epoch's shuffled "
+    "examples, without boundaries (`text.length_grouping`: batches per window, 50; 1 = plain shuffled batches). "
+    "Delete the key.",
 }
 
 

@@ -207,7 +207,7 @@ class SinglePassGlobalNormClipping:
     def _clip_gradients(self, grads):
         if not (self.global_clipnorm and self.global_clipnorm > 0):
             return super()._clip_gradients(grads)  # type: ignore[misc]
-        norm = global_norm(grads)  # before dense_rows below: the same ops as the gradient-norm probe's, merged
+        norm = global_norm(grads)  # before dense_rows below: the same ops as the gradient-norm probe's
         grads = [dense_rows(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         scale = self.global_clipnorm * tf.minimum(1.0 / norm, 1.0 / self.global_clipnorm) + (norm - norm)
 

@@ -45,8 +45,8 @@ class GradientNormProbe:
 
         def observe(grads):
             if any(g is not None for g in grads):
-                # The same ops on the same tensors as global-norm clipping's (keras_internals.global_norm): grappler
-                # merges the two, so logging the norm of a clipped run costs nothing more.
+                # The same ops on the same tensors as global-norm clipping's (tfsft.clipping.global_norm), which
+                # grappler's duplicate-computation pass can merge (not checked on the optimized graph).
                 self.total.assign_add(global_norm(grads))
                 self.count.assign_add(1.0)
 

@@ -69,10 +69,10 @@ class TextConfig(Section):
     length_grouping: int = Field(
         50,
         ge=1,
-        description="Training batches of texts of similar length: the shuffled stream is cut into windows of this "
-        "many batches, each sorted by token length, cut into batches and shuffled (whole batches) within the window; "
-        "each batch is then padded only to its own longest text (rounded up to 4). Every example is still seen once "
-        "per epoch. 1 = plain shuffled batches.",
+        description="Training batches of texts of similar length: each epoch's shuffled examples are cut into "
+        "windows of this many batches, each sorted by token length, cut into batches and shuffled (whole batches) "
+        "within the window; each batch is then padded only to its own longest text (rounded up to 4). Every example "
+        "is still seen once per epoch. 1 = plain shuffled batches.",
     )
     vocabulary: str | None = Field(
         None, description="vocab.txt for backbones built from config; 'learn' builds a WordPiece vocabulary from train."
